@@ -1,0 +1,271 @@
+//! Layered configuration: defaults in code < `flotilla.toml` < `FLOTILLA_*` environment.
+//!
+//! Environment variables are `FLOTILLA_<SECTION>__<KEY>` (`FLOTILLA_GATEWAY__LISTEN`);
+//! top-level settings drop the section (`FLOTILLA_DATA_DIR`). Each service reads the
+//! [`Common`] settings plus its own section with [`Config::section`]. An invalid value is
+//! a [`ConfigError`] naming the setting; binaries exit with [`EX_USAGE`] on it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Exit code for invalid configuration (`EX_USAGE` from sysexits.h).
+pub const EX_USAGE: i32 = 64;
+
+/// A configuration problem, naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value could not be parsed; figment names the key and where it came from.
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    /// A backend URL with a scheme this setting does not support.
+    #[error("setting `{setting}`: unsupported URL {url:?}; expected one of: {expected}")]
+    UnknownScheme {
+        /// The setting, as an environment variable name.
+        setting: String,
+        /// The offending URL.
+        url: String,
+        /// The schemes the setting accepts.
+        expected: &'static str,
+    },
+    /// Any other invalid value.
+    #[error("setting `{setting}`: {message}")]
+    Setting {
+        /// The setting, as an environment variable name.
+        setting: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // figment records the path innermost key first.
+        let path: Vec<String> = e.path.iter().rev().map(|p| p.to_lowercase()).collect();
+        let setting = match path.as_slice() {
+            [] => return Self::Invalid(Box::new(e)),
+            [key] => env_name(None, key),
+            [section, rest @ ..] => env_name(Some(section), &rest.join("__")),
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        Self::Setting {
+            setting,
+            message: format!("{}{source}", e.kind),
+        }
+    }
+}
+
+/// The environment variable that sets `key` in `section` (`None` for top level).
+pub fn env_name(section: Option<&str>, key: &str) -> String {
+    match section {
+        Some(s) => format!("FLOTILLA_{}__{}", s.to_uppercase(), key.to_uppercase()),
+        None => format!("FLOTILLA_{}", key.to_uppercase()),
+    }
+}
+
+/// Settings every service shares (top level of `flotilla.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Common {
+    /// Where embedded stores, logs, snapshots and certificates live (`FLOTILLA_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// How services find each other: `registry://host:port`, `static://…` or `dns://…`
+    /// (`FLOTILLA_DISCOVERY`).
+    pub discovery: String,
+    /// OTLP/HTTP endpoint for traces (`FLOTILLA_OTLP_ENDPOINT`); unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Log filter in `RUST_LOG` syntax (`FLOTILLA_LOG`).
+    pub log: String,
+    /// Version this instance reports to discovery (`FLOTILLA_VERSION`).
+    pub version: String,
+    /// Lease of a registration; heartbeats come every third of it (`FLOTILLA_LEASE_TTL`).
+    #[serde(with = "duration")]
+    pub lease_ttl: Duration,
+    /// How long a stopping service lets in-flight requests finish (`FLOTILLA_SHUTDOWN_GRACE`).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".flotilla"),
+            discovery: "registry://127.0.0.1:8082".to_owned(),
+            otlp_endpoint: None,
+            log: "info".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            lease_ttl: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The loaded layers, from which each service extracts what it needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    figment: Figment,
+}
+
+impl Config {
+    /// Loads defaults < `flotilla.toml` (or the file named by `FLOTILLA_CONFIG`) < environment.
+    pub fn load() -> Self {
+        let file = std::env::var_os("FLOTILLA_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("flotilla.toml"));
+        Self::from_file(&file)
+    }
+
+    /// Loads defaults < the given TOML file (if it exists) < environment.
+    pub fn from_file(file: &Path) -> Self {
+        let figment = Figment::from(Serialized::defaults(Common::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("FLOTILLA_").split("__"));
+        Self { figment }
+    }
+
+    /// Settings shared by every service.
+    pub fn common(&self) -> Result<Common, ConfigError> {
+        Ok(self.figment.extract()?)
+    }
+
+    /// The `[name]` section as `T`; absent keys take `T`'s defaults.
+    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, ConfigError> {
+        if !self.figment.contains(name) {
+            return Ok(T::default());
+        }
+        Ok(self.figment.extract_inner(name)?)
+    }
+
+    /// Adds a layer on top (used by `flotilla up` and tests to pin values).
+    pub fn merged(self, key: &str, value: impl Serialize) -> Self {
+        Self {
+            figment: self.figment.merge(Serialized::global(key, value)),
+        }
+    }
+}
+
+/// Serde support for human durations in config: `"250ms"`, `"10s"`, `"1m 30s"`, or a
+/// number of milliseconds.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes a duration as a human string (`"1m 30s"`).
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads `"10s"`-style strings or integer milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Millis(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                serde::de::Error::custom(format!("{t:?} is not a duration like \"10s\": {e}"))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[derive(Debug, Deserialize, Default, PartialEq)]
+    #[serde(default)]
+    struct Gateway {
+        listen: String,
+        #[serde(with = "duration")]
+        timeout: Duration,
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        Jail::expect_with(|jail| {
+            let c = Config::from_file(Path::new("flotilla.toml"))
+                .common()
+                .unwrap();
+            assert_eq!(c.data_dir, PathBuf::from(".flotilla"), "code default");
+
+            jail.create_file(
+                "flotilla.toml",
+                r#"
+                data_dir = "/from/file"
+                log = "debug"
+                [gateway]
+                listen = "0.0.0.0:80"
+                timeout = "2s"
+                "#,
+            )?;
+            let cfg = Config::from_file(Path::new("flotilla.toml"));
+            assert_eq!(cfg.common().unwrap().data_dir, PathBuf::from("/from/file"));
+            let gw: Gateway = cfg.section("gateway").unwrap();
+            assert_eq!(gw.listen, "0.0.0.0:80");
+            assert_eq!(gw.timeout, Duration::from_secs(2));
+
+            jail.set_env("FLOTILLA_DATA_DIR", "/from/env");
+            jail.set_env("FLOTILLA_GATEWAY__TIMEOUT", "750");
+            let cfg = Config::from_file(Path::new("flotilla.toml"));
+            let common = cfg.common().unwrap();
+            assert_eq!(
+                common.data_dir,
+                PathBuf::from("/from/env"),
+                "env beats file"
+            );
+            assert_eq!(common.log, "debug", "file beats default");
+            let gw: Gateway = cfg.section("gateway").unwrap();
+            assert_eq!(gw.timeout, Duration::from_millis(750));
+            assert_eq!(gw.listen, "0.0.0.0:80");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn absent_section_takes_defaults() {
+        Jail::expect_with(|_| {
+            let gw: Gateway = Config::from_file(Path::new("none.toml"))
+                .section("gateway")
+                .unwrap();
+            assert_eq!(gw, Gateway::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        Jail::expect_with(|jail| {
+            jail.set_env("FLOTILLA_GATEWAY__TIMEOUT", "soon");
+            let err = Config::from_file(Path::new("none.toml"))
+                .section::<Gateway>("gateway")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a duration"), "{err}");
+            assert!(err.contains("FLOTILLA_GATEWAY__TIMEOUT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(
+            env_name(Some("gateway"), "listen"),
+            "FLOTILLA_GATEWAY__LISTEN"
+        );
+        assert_eq!(env_name(None, "data_dir"), "FLOTILLA_DATA_DIR");
+    }
+}

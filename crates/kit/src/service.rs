@@ -1,0 +1,590 @@
+//! One way to start a service: public and admin listeners, the standard HTTP stack,
+//! registration with discovery, and graceful shutdown.
+//!
+//! ```no_run
+//! # async fn example(ctx: kit::service::Context) -> Result<(), kit::service::StartError> {
+//! let router = axum::Router::new();
+//! kit::service::Service::bind(&ctx, "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
+//!     .await?
+//!     .router(router)
+//!     .run_until_stopped()
+//!     .await
+//! # }
+//! ```
+//!
+//! The public listener gets, outermost first: panic → `500` problem, request id and
+//! header limit, a server span joined to the caller's `traceparent`, RED metrics, a body
+//! limit, and `404`/`405` problems for unknown routes and methods. The admin listener
+//! (loopback by default) serves `/healthz`, `/readyz`, `/metrics` and the service's own
+//! `/admin/*` routes. Shutdown (SIGINT/SIGTERM) marks the instance not ready,
+//! deregisters it, stops accepting, and lets in-flight requests finish within the grace.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::config::{Common, Config, ConfigError, EX_USAGE, env_name};
+use crate::discovery::BoxFuture;
+use crate::discovery::registry::{Registration, RegistryClient};
+use crate::errors::Problem;
+use crate::store::StoreError;
+use crate::telemetry::{self, TelemetryConfig};
+
+/// Default limit on request bodies (routes may set their own).
+pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+
+/// Exit code when a required dependency is unavailable (`EX_UNAVAILABLE`).
+pub const EX_UNAVAILABLE: i32 = 69;
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The address is taken by another process.
+    #[error("{addr} is already in use; set `{setting}` to another address")]
+    AddrInUse {
+        /// The address.
+        addr: SocketAddr,
+        /// The setting that chooses it.
+        setting: String,
+    },
+    /// Binding failed for another reason.
+    #[error("cannot listen on {addr} (`{setting}`): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The setting that chooses it.
+        setting: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Discovery (registration) failed.
+    #[error("setting `FLOTILLA_DISCOVERY`: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
+    /// Anything else, with a message that says what.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// The process exit code for this error: `64` for configuration, `69` for an
+    /// unavailable dependency, `1` otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::AddrInUse { .. } => EX_USAGE as u8,
+            Self::Store(StoreError::UnknownScheme { .. }) => EX_USAGE as u8,
+            Self::Store(_) | Self::Discovery(_) => EX_UNAVAILABLE as u8,
+            Self::Bind { .. } | Self::Other(_) => 1,
+        }
+    }
+}
+
+/// What a service's `run` function receives: its configuration and identity.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The service name.
+    pub name: &'static str,
+    /// This instance's id (`inventory-3f2a9c1b`).
+    pub instance_id: String,
+    /// All configuration layers.
+    pub config: Config,
+    /// The shared settings.
+    pub common: Common,
+}
+
+impl Context {
+    /// A context from loaded configuration, with a fresh instance id.
+    pub fn new(name: &'static str, config: Config) -> Result<Self, ConfigError> {
+        let common = config.common()?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Ok(Self {
+            name,
+            instance_id: format!("{name}-{}", &id[..8]),
+            config,
+            common,
+        })
+    }
+
+    /// The setting name of `key` in this service's section (`FLOTILLA_INVENTORY__STORE`).
+    pub fn setting(&self, key: &str) -> String {
+        env_name(Some(self.name), key)
+    }
+}
+
+/// Runs a service binary: loads configuration, sets up telemetry (JSON logs on
+/// stdout), runs `run` on a multi-threaded runtime, and maps errors to exit codes.
+pub fn main<F, Fut>(name: &'static str, run: F) -> ExitCode
+where
+    F: FnOnce(Context) -> Fut,
+    Fut: Future<Output = Result<(), StartError>>,
+{
+    let ctx = match Context::new(name, Config::load()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(EX_USAGE as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = telemetry::init(
+            &TelemetryConfig {
+                service: name.to_owned(),
+                instance: ctx.instance_id.clone(),
+                filter: ctx.common.log.clone(),
+                otlp_endpoint: ctx.common.otlp_endpoint.clone(),
+            },
+            std::io::stdout,
+        );
+        match run(ctx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "{name} failed");
+                eprintln!("{name}: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        }
+    })
+}
+
+/// A readiness check: `Ok` when the dependency is reachable, `Err(why)` otherwise.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// A bound service, ready to run.
+pub struct Service {
+    ctx: Context,
+    public: TcpListener,
+    admin: TcpListener,
+    router: Router,
+    admin_router: Router,
+    body_limit: usize,
+    checks: Vec<(String, ReadinessCheck)>,
+    register: bool,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.ctx.name)
+            .field("public", &self.public.local_addr().ok())
+            .field("admin", &self.admin.local_addr().ok())
+            .finish()
+    }
+}
+
+async fn bind(addr: SocketAddr, setting: String) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::AddrInUse { addr, setting }
+        } else {
+            StartError::Bind {
+                addr,
+                setting,
+                source,
+            }
+        }
+    })
+}
+
+impl Service {
+    /// Binds the public and admin listeners (port 0 picks a free port).
+    pub async fn bind(
+        ctx: &Context,
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+    ) -> Result<Self, StartError> {
+        let public = bind(listen, ctx.setting("listen")).await?;
+        let admin = bind(admin_listen, ctx.setting("admin_listen")).await?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            public,
+            admin,
+            router: Router::new(),
+            admin_router: Router::new(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            checks: Vec::new(),
+            register: true,
+        })
+    }
+
+    /// The bound public address.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The public routes.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Extra admin routes (`/admin/...`), merged with the standard ones.
+    pub fn admin_routes(mut self, router: Router) -> Self {
+        self.admin_router = self.admin_router.merge(router);
+        self
+    }
+
+    /// The limit on public request bodies (default [`DEFAULT_BODY_LIMIT`]).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Adds a readiness check shown at `/readyz`.
+    pub fn readiness(mut self, name: &str, check: ReadinessCheck) -> Self {
+        self.checks.push((name.to_owned(), check));
+        self
+    }
+
+    /// Does not register with discovery (the registry itself, tools).
+    pub fn without_registration(mut self) -> Self {
+        self.register = false;
+        self
+    }
+
+    /// Runs until SIGINT or SIGTERM, then drains.
+    pub async fn run_until_stopped(self) -> Result<(), StartError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes, then drains.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let Self {
+            ctx,
+            public,
+            admin,
+            router,
+            admin_router,
+            body_limit,
+            checks,
+            register,
+        } = self;
+        let public_addr = public
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let started = SystemTime::now();
+
+        let public_app = public_stack(router, body_limit);
+        let admin_app = admin_stack(admin_router, checks, draining.clone());
+
+        let registration = match (register, ctx.common.discovery.starts_with("registry://")) {
+            (true, true) => {
+                let client = RegistryClient::from_url(&ctx.common.discovery, "FLOTILLA_DISCOVERY")?;
+                let version = ctx.common.version.clone();
+                let metadata = move || {
+                    let mut m = BTreeMap::new();
+                    m.insert("admin_addr".to_owned(), admin_addr.to_string());
+                    m.insert("version".to_owned(), version.clone());
+                    m.insert("pid".to_owned(), std::process::id().to_string());
+                    m.insert(
+                        "started_at".to_owned(),
+                        humantime::format_rfc3339_seconds(started).to_string(),
+                    );
+                    if let Some(rss) = process_rss_bytes() {
+                        m.insert("rss_bytes".to_owned(), rss.to_string());
+                    }
+                    m
+                };
+                Some(
+                    Registration::start(
+                        client,
+                        ctx.name,
+                        &ctx.instance_id,
+                        advertised(public_addr),
+                        ctx.common.lease_ttl,
+                        metadata,
+                    )
+                    .await?,
+                )
+            }
+            _ => None,
+        };
+
+        tracing::info!(
+            public = %public_addr,
+            admin = %admin_addr,
+            version = %ctx.common.version,
+            "{} ready",
+            ctx.name
+        );
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let grace = ctx.common.shutdown_grace;
+        let public_task = tokio::spawn(serve(public, public_app, stop_rx.clone(), grace));
+        let admin_task = tokio::spawn(serve(admin, admin_app, stop_rx, grace));
+
+        shutdown.await;
+        tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
+        draining.store(true, Ordering::SeqCst);
+        if let Some(r) = registration {
+            r.deregister().await;
+        }
+        let _ = stop_tx.send(true);
+        let _ = public_task.await;
+        let _ = admin_task.await;
+        tracing::info!("{} stopped", ctx.name);
+        Ok(())
+    }
+}
+
+/// The address others should use: a wildcard bind is advertised as loopback.
+fn advertised(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()).to_string()
+    } else {
+        addr.to_string()
+    }
+}
+
+/// The standard public stack around a service's routes (see the module docs).
+pub fn public_stack(router: Router, body_limit: usize) -> Router {
+    router
+        .fallback(crate::http::not_found)
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(telemetry::metrics::red))
+        .layer(axum::middleware::from_fn(telemetry::trace::server_span))
+        .layer(axum::middleware::from_fn(crate::http::request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            crate::http::panic_to_problem,
+        ))
+}
+
+fn admin_stack(
+    extra: Router,
+    checks: Vec<(String, ReadinessCheck)>,
+    draining: Arc<AtomicBool>,
+) -> Router {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || readyz(checks.clone(), draining.clone())),
+        )
+        .route("/metrics", get(metrics))
+        .merge(extra)
+        .fallback(crate::http::not_found)
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::http::request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            crate::http::panic_to_problem,
+        ))
+}
+
+async fn metrics() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::metrics::render(),
+    )
+        .into_response()
+}
+
+async fn readyz(checks: Arc<Vec<(String, ReadinessCheck)>>, draining: Arc<AtomicBool>) -> Response {
+    if draining.load(Ordering::SeqCst) {
+        return Problem::unavailable("the instance is draining", Duration::from_secs(1))
+            .into_response();
+    }
+    let results = futures_util::future::join_all(checks.iter().map(|(name, check)| {
+        let name = name.clone();
+        let fut = check();
+        async move {
+            let r = tokio::time::timeout(Duration::from_secs(2), fut)
+                .await
+                .unwrap_or_else(|_| Err("timed out after 2s".to_owned()));
+            (name, r)
+        }
+    }))
+    .await;
+    let failing: Vec<String> = results
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+        .collect();
+    if failing.is_empty() {
+        let checks: serde_json::Map<String, serde_json::Value> = results
+            .into_iter()
+            .map(|(n, _)| (n, serde_json::Value::from("ok")))
+            .collect();
+        axum::Json(serde_json::json!({"status": "ready", "checks": checks})).into_response()
+    } else {
+        Problem::unavailable(
+            format!("not ready: {}", failing.join("; ")),
+            Duration::from_secs(1),
+        )
+        .into_response()
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then lets open connections
+/// finish their in-flight requests for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
+    }
+}
+
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Resident set size of this process in bytes (Linux; `None` elsewhere).
+pub fn process_rss_bytes() -> Option<u64> {
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` (`"self"` for this one) in bytes, from `/proc`.
+pub fn rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        let e = StartError::AddrInUse {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            setting: "FLOTILLA_GATEWAY__LISTEN".into(),
+        };
+        assert_eq!(e.exit_code(), 64);
+        assert!(e.to_string().contains("FLOTILLA_GATEWAY__LISTEN"));
+        assert!(e.to_string().contains("8080"));
+    }
+
+    #[test]
+    fn wildcard_is_advertised_as_loopback() {
+        assert_eq!(
+            advertised("0.0.0.0:9000".parse().unwrap()),
+            "127.0.0.1:9000"
+        );
+        assert_eq!(
+            advertised("10.1.2.3:9000".parse().unwrap()),
+            "10.1.2.3:9000"
+        );
+    }
+
+    #[test]
+    fn reads_own_rss() {
+        assert!(process_rss_bytes().unwrap_or(1) > 0);
+    }
+}

@@ -1,0 +1,90 @@
+//! Storage plumbing: connection pools and migrations per backend, chosen by URL.
+//!
+//! Each service owns its store (database per service); this module only opens
+//! connections, applies the service's own versioned migrations at start, and turns
+//! connection failures into errors that name the setting, with credentials redacted.
+
+pub mod redis;
+pub mod sqlite;
+
+/// A store could not be opened or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names a backend this store does not support.
+    #[error("setting `{setting}`: unsupported store URL {url:?}; expected one of: {expected}")]
+    UnknownScheme {
+        /// The setting, as an environment variable name.
+        setting: String,
+        /// The URL with any password removed.
+        url: String,
+        /// The supported schemes.
+        expected: &'static str,
+    },
+    /// The server could not be reached or refused the connection.
+    #[error("setting `{setting}`: cannot connect to {url}: {source}")]
+    Connect {
+        /// The setting, as an environment variable name.
+        setting: String,
+        /// The URL with any password removed.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Applying migrations failed.
+    #[error("migrating {url} failed: {source}")]
+    Migrate {
+        /// The URL with any password removed.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// The scheme of a store URL (`sqlite`, `redis`, `postgres`…), empty if none.
+pub fn scheme(url: &str) -> &str {
+    url.split_once("://").map(|(s, _)| s).unwrap_or("")
+}
+
+/// The URL with the password (if any) replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// One versioned migration, embedded in the service binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Version; applied in ascending order, each once.
+    pub version: i64,
+    /// What it does.
+    pub description: &'static str,
+    /// The SQL.
+    pub sql: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("postgres://u:p@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(scheme("redis://h"), "redis");
+    }
+}

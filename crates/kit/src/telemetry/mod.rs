@@ -1,0 +1,62 @@
+//! Telemetry: JSON logs with trace ids, RED metrics in Prometheus format, and
+//! OpenTelemetry traces propagated with W3C `traceparent` on every hop.
+//!
+//! [`init`] takes the log sink, so tests stay quiet unless they ask for output.
+
+pub mod logs;
+pub mod metrics;
+pub mod trace;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// What [`init`] needs to know.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The service name (`service` in every log line, `service.name` on spans).
+    pub service: String,
+    /// This instance's id.
+    pub instance: String,
+    /// Log filter, `RUST_LOG` syntax.
+    pub filter: String,
+    /// OTLP/HTTP endpoint to export spans to, if any.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Keeps the tracer provider alive; flushes spans when dropped.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Installs the global subscriber (JSON logs to `sink`, spans to OpenTelemetry), the
+/// W3C propagator and the Prometheus recorder. Call once per process.
+pub fn init<W>(cfg: &TelemetryConfig, sink: W) -> Telemetry
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    metrics::install_recorder();
+    let provider = trace::provider(cfg);
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, cfg.service.clone());
+    let filter = EnvFilter::try_new(&cfg.filter).unwrap_or_else(|e| {
+        eprintln!(
+            "FLOTILLA_LOG={:?} is not a valid filter ({e}); using info",
+            cfg.filter
+        );
+        EnvFilter::new("info")
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(logs::JsonLayer::new(&cfg.service, &cfg.instance, sink))
+        .try_init();
+    Telemetry { provider }
+}

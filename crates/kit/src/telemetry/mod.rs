@@ -60,3 +60,24 @@ where
         .try_init();
     Telemetry { provider }
 }
+
+/// Sets up telemetry once per test process: spans and metrics work as in production,
+/// logs are discarded unless `FLOTILLA_TEST_LOG=1` sends them to stderr.
+pub fn init_for_tests() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let cfg = TelemetryConfig {
+            service: "test".to_owned(),
+            instance: "test".to_owned(),
+            filter: std::env::var("FLOTILLA_LOG").unwrap_or_else(|_| "info".to_owned()),
+            otlp_endpoint: None,
+        };
+        let guard = if std::env::var("FLOTILLA_TEST_LOG").as_deref() == Ok("1") {
+            init(&cfg, std::io::stderr)
+        } else {
+            init(&cfg, std::io::sink)
+        };
+        // The provider must outlive every test in the process.
+        std::mem::forget(guard);
+    });
+}

@@ -1,0 +1,290 @@
+//! The forwarding path: route, pick an instance, forward over a pooled connection,
+//! and turn every upstream failure into the right problem document.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::Uri;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kit::Problem;
+use kit::discovery::{Endpoints, Picked};
+use kit::telemetry::metrics::RouteLabel;
+use tracing::Instrument;
+
+use crate::routes::{self, Protocol, RouteConfig};
+
+/// The pooled upstream client (request bodies are buffered, so they can be re-sent when
+/// a connection is refused).
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// How many instances a request may try when connections are refused.
+const CONNECT_ATTEMPTS: usize = 3;
+
+/// The gateway's routing state.
+pub struct Gateway {
+    /// Routes with the live instance sets of their services.
+    pub routes: Vec<(RouteConfig, Endpoints)>,
+    http1: UpstreamClient,
+    h2c: UpstreamClient,
+}
+
+impl Gateway {
+    /// A gateway over `routes`.
+    pub fn new(routes: Vec<(RouteConfig, Endpoints)>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(true)
+            .build(connector);
+        Self { routes, http1, h2c }
+    }
+}
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// The catch-all handler that forwards to the routed service.
+pub async fn forward(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let path = req.uri().path();
+    if let Some(why) = routes::malformed(path) {
+        return Problem::bad_request(why).into_response();
+    }
+    if routes::is_internal(path) {
+        return Problem::not_found(format!("no route for {path}")).into_response();
+    }
+    let Some((route, endpoints)) = routes::find(&gw.routes, path) else {
+        return Problem::not_found(format!("no route for {path}")).into_response();
+    };
+    let label = RouteLabel(route.prefix.clone());
+    let mut res = forward_to(&gw, route, endpoints, peer, req).await;
+    res.extensions_mut().insert(label);
+    res
+}
+
+async fn forward_to(
+    gw: &Gateway,
+    route: &RouteConfig,
+    endpoints: &Endpoints,
+    peer: SocketAddr,
+    req: Request,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > route.body_limit) {
+        return too_large(route).into_response();
+    }
+    let body = match Limited::new(body, route.body_limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return too_large(route).into_response();
+        }
+        Err(e) => {
+            return Problem::bad_request(format!("cannot read the request body: {e}"))
+                .into_response();
+        }
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarded(&mut parts.headers, peer);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let client = match route.protocol {
+        Protocol::Http1 => &gw.http1,
+        Protocol::H2c => &gw.h2c,
+    };
+
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    for _ in 0..CONNECT_ATTEMPTS {
+        let Some(picked) = pick_untried(endpoints, &tried) else {
+            break;
+        };
+        let addr = picked.instance.addr.clone();
+        tried.push(Arc::from(picked.instance.id.as_str()));
+        let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return Problem::bad_request("the request target is not a valid URI")
+                    .into_response();
+            }
+        };
+        let mut out = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(Full::new(body.clone()))
+            .expect("method and URI were valid on the way in");
+        *out.headers_mut() = parts.headers.clone();
+
+        let span = tracing::info_span!(
+            "http.client",
+            otel.name = %format_args!("{} {}", parts.method, route.service),
+            otel.kind = "client",
+            peer.service = %route.service,
+            server.address = %addr,
+            http.response.status_code = tracing::field::Empty,
+        );
+        {
+            let _entered = span.enter();
+            kit::telemetry::trace::inject_current(out.headers_mut());
+        }
+        let sent = tokio::time::timeout(route.timeout, client.request(out))
+            .instrument(span.clone())
+            .await;
+        drop(picked);
+        match sent {
+            Ok(Ok(mut res)) => {
+                span.record("http.response.status_code", res.status().as_u16());
+                strip_hop_by_hop(res.headers_mut());
+                return res.map(Body::new);
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(service = %route.service, instance = %addr, error = %e, "connection refused; trying another instance");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(service = %route.service, instance = %addr, error = %e, "upstream failed");
+                return Problem::bad_gateway(format!("{} failed to answer", route.service))
+                    .into_response();
+            }
+            Err(_) => {
+                tracing::warn!(service = %route.service, instance = %addr, timeout = ?route.timeout, "upstream timed out");
+                return Problem::gateway_timeout(format!(
+                    "{} did not answer within {:?}",
+                    route.service, route.timeout
+                ))
+                .into_response();
+            }
+        }
+    }
+    if tried.is_empty() {
+        Problem::unavailable(
+            format!("no healthy instance of {}", route.service),
+            Duration::from_secs(1),
+        )
+        .into_response()
+    } else {
+        Problem::bad_gateway(format!("cannot connect to {}", route.service)).into_response()
+    }
+}
+
+fn too_large(route: &RouteConfig) -> Problem {
+    Problem::payload_too_large(format!(
+        "the body exceeds this route's limit of {} bytes",
+        route.body_limit
+    ))
+}
+
+/// Picks an instance not tried yet for this request (p2c among the rest).
+fn pick_untried(endpoints: &Endpoints, tried: &[Arc<str>]) -> Option<Picked> {
+    if tried.is_empty() {
+        return endpoints.pick();
+    }
+    let rest: Vec<_> = endpoints
+        .current()
+        .iter()
+        .filter(|e| !tried.iter().any(|t| **t == *e.instance.id))
+        .cloned()
+        .collect();
+    kit::discovery::pick_p2c(&rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
+        h.insert(header::HOST, "shop.example".parse().unwrap());
+        add_forwarded(&mut h, "127.0.0.1:5555".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "shop.example");
+        assert!(!h.contains_key(header::HOST));
+    }
+}

@@ -1,1 +1,52 @@
-fn main() {}
+//! `flotilla`: run, supervise and inspect the whole system from one binary.
+//!
+//! `flotilla up` spawns this same binary as `flotilla run <service>` once per service,
+//! so every service is its own OS process while users build one artifact.
+#![forbid(unsafe_code)]
+
+mod services;
+mod status;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "The Flotilla microservices system"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the whole system: registry, then every service as its own process.
+    Up {
+        /// Where stores, logs and snapshots live.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+    },
+    /// Show services, instances, addresses, health, uptime and memory.
+    Status,
+    /// Run one service in the foreground (what `up` spawns; what a container runs).
+    Run {
+        /// The service: one of the names `flotilla status` lists.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(services::NAMES))]
+        service: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { service } => services::run(&service),
+        Command::Up { data_dir } => up::up(data_dir),
+        Command::Status => status::status(),
+    }
+}

@@ -1,1 +1,4 @@
-fn main() {}
+//! Whole-system tests: start the real `flotilla` binary and talk HTTP to the gateway.
+
+mod harness;
+mod up;

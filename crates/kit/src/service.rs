@@ -281,7 +281,15 @@ impl Service {
 
     /// Runs until SIGINT or SIGTERM, then drains.
     pub async fn run_until_stopped(self) -> Result<(), StartError> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(async {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = supervisor_gone() => {
+                    tracing::warn!("the supervising `flotilla up` is gone; stopping");
+                }
+            }
+        })
+        .await
     }
 
     /// Runs until `shutdown` completes, then drains.
@@ -315,20 +323,7 @@ impl Service {
             (true, true) => {
                 let client = RegistryClient::from_url(&ctx.common.discovery, "FLOTILLA_DISCOVERY")?;
                 let version = ctx.common.version.clone();
-                let metadata = move || {
-                    let mut m = BTreeMap::new();
-                    m.insert("admin_addr".to_owned(), admin_addr.to_string());
-                    m.insert("version".to_owned(), version.clone());
-                    m.insert("pid".to_owned(), std::process::id().to_string());
-                    m.insert(
-                        "started_at".to_owned(),
-                        humantime::format_rfc3339_seconds(started).to_string(),
-                    );
-                    if let Some(rss) = process_rss_bytes() {
-                        m.insert("rss_bytes".to_owned(), rss.to_string());
-                    }
-                    m
-                };
+                let metadata = move || instance_metadata(admin_addr, &version, started);
                 Some(
                     Registration::start(
                         client,
@@ -371,8 +366,29 @@ impl Service {
     }
 }
 
+/// What an instance reports about itself at every heartbeat: `admin_addr`, `version`,
+/// `pid`, `started_at` and the current `rss_bytes`.
+pub fn instance_metadata(
+    admin_addr: SocketAddr,
+    version: &str,
+    started: SystemTime,
+) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("admin_addr".to_owned(), admin_addr.to_string());
+    m.insert("version".to_owned(), version.to_owned());
+    m.insert("pid".to_owned(), std::process::id().to_string());
+    m.insert(
+        "started_at".to_owned(),
+        humantime::format_rfc3339_seconds(started).to_string(),
+    );
+    if let Some(rss) = process_rss_bytes() {
+        m.insert("rss_bytes".to_owned(), rss.to_string());
+    }
+    m
+}
+
 /// The address others should use: a wildcard bind is advertised as loopback.
-fn advertised(addr: SocketAddr) -> String {
+pub fn advertised(addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()).to_string()
     } else {
@@ -519,6 +535,28 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Set by `flotilla up` on the services it spawns: the supervisor's process id.
+pub const SUPERVISOR_PID_ENV: &str = "FLOTILLA_SUPERVISOR_PID";
+
+/// Resolves when this process was started by a supervisor (`FLOTILLA_SUPERVISOR_PID`)
+/// that is no longer its parent, so a killed `flotilla up` leaves no service behind.
+/// Never resolves otherwise.
+pub async fn supervisor_gone() {
+    #[cfg(unix)]
+    if let Some(pid) = std::env::var(SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        loop {
+            if std::os::unix::process::parent_id() != pid {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -137,7 +137,32 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     }
     let state = State::new(load_snapshot(&snapshot));
     spawn_background(state.clone(), snapshot, cfg.reap_interval);
+    spawn_self_registration(&ctx, &service, state.clone());
     Ok(service.without_registration().router(api::router(state)))
+}
+
+/// Lists the registry itself as service `registry`, renewed like any instance, so
+/// `flotilla status` and the dashboard see it with its address, pid and memory.
+fn spawn_self_registration(ctx: &Context, service: &Service, state: Arc<State>) {
+    let (id, version, ttl) = (
+        ctx.instance_id.clone(),
+        ctx.common.version.clone(),
+        ctx.common.lease_ttl,
+    );
+    let addr = kit::service::advertised(service.public_addr());
+    let admin = service.admin_addr();
+    let started = std::time::SystemTime::now();
+    tokio::spawn(async move {
+        loop {
+            let req = kit::discovery::registry::RegisterRequest {
+                addr: addr.clone(),
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                metadata: kit::service::instance_metadata(admin, &version, started),
+            };
+            state.update(|r| ((), r.register("registry", &id, req, Instant::now())));
+            tokio::time::sleep(ttl / 3).await;
+        }
+    });
 }
 
 /// Starts the lease reaper and the snapshot writer.

@@ -1,5 +1,6 @@
 //! JSON log lines: one object a line with `time`, `level`, `service`, `instance`,
-//! `message`, `trace_id`, `span_id`, `target` and the event's and its spans' fields.
+//! `message`, `trace_id`, `span_id`, `target`, the event's `fields` and the fields of
+//! the spans it happened in (`span`: route, request id…).
 
 use std::io::Write;
 
@@ -102,12 +103,12 @@ where
         line.insert("instance".into(), Value::String(self.instance.clone()));
         line.insert("target".into(), Value::String(meta.target().to_owned()));
 
-        let mut fields = Map::new();
+        let mut span_fields = Map::new();
         if let Some(scope) = ctx.event_scope(event) {
             let mut innermost = None;
             for span in scope.from_root() {
                 if let Some(f) = span.extensions().get::<SpanFields>() {
-                    fields.extend(f.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    span_fields.extend(f.0.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
                 innermost = Some(span.id());
             }
@@ -124,6 +125,7 @@ where
                 }
             }
         }
+        let mut fields = Map::new();
         event.record(&mut JsonVisitor(&mut fields));
         let message = fields
             .remove("message")
@@ -131,6 +133,9 @@ where
         line.insert("message".into(), message);
         if !fields.is_empty() {
             line.insert("fields".into(), Value::Object(fields));
+        }
+        if !span_fields.is_empty() {
+            line.insert("span".into(), Value::Object(span_fields));
         }
         let mut buf = serde_json::to_vec(&line).unwrap_or_default();
         buf.push(b'\n');

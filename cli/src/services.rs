@@ -1,0 +1,19 @@
+//! The services this binary can run, in the order `up` starts them.
+
+use std::process::ExitCode;
+
+/// Every service, registry first (others register with it), gateway last.
+pub const NAMES: &[&str] = &["registry", "inventory", "gateway"];
+
+/// Runs one service in the foreground until SIGINT/SIGTERM.
+pub fn run(name: &str) -> ExitCode {
+    match name {
+        "registry" => kit::service::main("registry", registry::run),
+        "inventory" => kit::service::main("inventory", inventory::run),
+        "gateway" => kit::service::main("gateway", gateway::run),
+        other => {
+            eprintln!("unknown service {other:?}; expected one of {NAMES:?}");
+            ExitCode::from(kit::config::EX_USAGE as u8)
+        }
+    }
+}

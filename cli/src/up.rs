@@ -1,0 +1,576 @@
+//! `flotilla up`: the supervisor. Starts the registry, then every service as its own
+//! process, waits for each to be ready, interleaves their logs on the terminal (full
+//! JSON lines go to `<data dir>/logs/<service>.log`), restarts crashed services with
+//! exponential backoff, and stops everything gracefully on Ctrl-C or SIGTERM.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kit::config::{Config, EX_USAGE};
+use kit::service::SUPERVISOR_PID_ENV;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::services::NAMES;
+
+/// How long a service may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long stopping may take before the rest is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A service that ran this long before crashing restarts without backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// What `up` needs to know about the system it starts.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    data_dir: PathBuf,
+    registry: SocketAddr,
+    gateway: SocketAddr,
+}
+
+impl Plan {
+    fn discovery(&self) -> String {
+        format!("registry://{}", self.registry)
+    }
+}
+
+/// Runs `flotilla up`.
+pub fn up(data_dir: PathBuf) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flotilla up: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let plan = match plan(data_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("flotilla up: {e:#}");
+                return ExitCode::from(EX_USAGE as u8);
+            }
+        };
+        match Supervisor::new(plan).run().await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("flotilla up: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn plan(data_dir: PathBuf) -> anyhow::Result<Plan> {
+    std::fs::create_dir_all(data_dir.join("logs"))
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&data_dir)?;
+    let config = Config::load().merged("data_dir", &data_dir);
+    let registry: registry::RegistryConfig = config.section("registry")?;
+    let gateway: gateway::GatewayConfig = config.section("gateway")?;
+    for (addr, setting) in [
+        (registry.listen, "FLOTILLA_REGISTRY__LISTEN"),
+        (gateway.listen, "FLOTILLA_GATEWAY__LISTEN"),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                bail!(
+                    "port {} ({addr}) is already in use (is Flotilla already running?); set {setting} to another address",
+                    addr.port()
+                );
+            }
+            bail!("cannot listen on {addr} ({setting}): {e}");
+        }
+    }
+    Ok(Plan {
+        data_dir,
+        registry: registry.listen,
+        gateway: gateway.listen,
+    })
+}
+
+/// A running child process of one service.
+struct Proc {
+    pid: u32,
+    started: Instant,
+    restarts: u32,
+}
+
+enum Event {
+    Exited {
+        name: &'static str,
+        pid: u32,
+        status: std::process::ExitStatus,
+    },
+    Restart(&'static str),
+}
+
+struct Supervisor {
+    plan: Plan,
+    procs: HashMap<&'static str, Proc>,
+    events: mpsc::UnboundedSender<Event>,
+    inbox: mpsc::UnboundedReceiver<Event>,
+    out: Arc<Printer>,
+    http: reqwest::Client,
+}
+
+impl Supervisor {
+    fn new(plan: Plan) -> Self {
+        let (events, inbox) = mpsc::unbounded_channel();
+        Self {
+            plan,
+            procs: HashMap::new(),
+            events,
+            inbox,
+            out: Arc::new(Printer::new()),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    async fn run(mut self) -> anyhow::Result<ExitCode> {
+        let begun = Instant::now();
+        let bars: HashMap<&str, ProgressBar> = NAMES
+            .iter()
+            .map(|name| {
+                let bar = self.out.multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix:<10} {msg}")
+                        .expect("static template"),
+                );
+                bar.set_prefix(*name);
+                bar.set_message("waiting");
+                bar.enable_steady_tick(Duration::from_millis(100));
+                (*name, bar)
+            })
+            .collect();
+
+        let ready = self.start_all(&bars, begun).await;
+        for bar in bars.values() {
+            bar.finish_and_clear();
+        }
+        if let Err(e) = ready {
+            self.stop_all().await;
+            return Err(e);
+        }
+        self.out.line(&format!(
+            "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  registry  http://{}\n  logs      {}\nPress Ctrl-C to stop.\n",
+            begun.elapsed().as_secs_f64(),
+            self.plan.gateway,
+            self.plan.registry,
+            self.plan.data_dir.join("logs").display(),
+        ));
+        self.out
+            .live
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let code = self.supervise().await;
+        self.stop_all().await;
+        Ok(code)
+    }
+
+    async fn start_all(
+        &mut self,
+        bars: &HashMap<&str, ProgressBar>,
+        begun: Instant,
+    ) -> anyhow::Result<()> {
+        for &name in NAMES {
+            bars[name].set_message("starting");
+            self.spawn(name)?;
+            let pid = self.procs[name].pid;
+            let waited = if name == "registry" {
+                self.wait_registry().await
+            } else {
+                self.wait_ready(name, pid).await
+            };
+            if let Err(e) = waited {
+                bars[name].abandon_with_message("failed");
+                bail!(
+                    "{name} did not become ready: {e:#}; see {}",
+                    self.log_path(name).display()
+                );
+            }
+            bars[name].set_message(format!("ready ({:.2}s)", begun.elapsed().as_secs_f64()));
+            self.out.line_if_plain(&format!(
+                "{name:<10} ready ({:.2}s)",
+                begun.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.plan.data_dir.join("logs").join(format!("{name}.log"))
+    }
+
+    fn spawn(&mut self, name: &'static str) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the flotilla binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("run")
+            .arg(name)
+            .env("FLOTILLA_DATA_DIR", &self.plan.data_dir)
+            .env("FLOTILLA_DISCOVERY", self.plan.discovery())
+            .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C reaches only `up`, which stops services in order.
+            .process_group(0)
+            .kill_on_drop(false);
+        if name == "inventory" && std::env::var_os("FLOTILLA_INVENTORY__SEED").is_none() {
+            cmd.env("FLOTILLA_INVENTORY__SEED", "true");
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let pid = child.id().context("the child has no pid")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .with_context(|| format!("cannot open {}", self.log_path(name).display()))?;
+        let log = Arc::new(std::sync::Mutex::new(log));
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(pump(name, stdout, log.clone(), self.out.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(pump(name, stderr, log, self.out.clone()));
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                let _ = events.send(Event::Exited { name, pid, status });
+            }
+        });
+        let restarts = self.procs.get(name).map_or(0, |p| p.restarts);
+        self.procs.insert(
+            name,
+            Proc {
+                pid,
+                started: Instant::now(),
+                restarts,
+            },
+        );
+        Ok(())
+    }
+
+    async fn wait_registry(&mut self) -> anyhow::Result<()> {
+        let url = format!("http://{}/v1/services", self.plan.registry);
+        let http = self.http.clone();
+        self.poll_until("registry", || {
+            let req = http.get(&url).send();
+            async move { req.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await
+    }
+
+    /// Ready means: registered with this pid, and its admin `/readyz` answers 200.
+    async fn wait_ready(&mut self, name: &'static str, pid: u32) -> anyhow::Result<()> {
+        let client =
+            kit::discovery::registry::RegistryClient::new(format!("http://{}", self.plan.registry));
+        let http = self.http.clone();
+        self.poll_until(name, || {
+            let (client, http) = (client.clone(), http.clone());
+            async move {
+                let Ok(entry) = client.service(name, None).await else {
+                    return false;
+                };
+                let pid = pid.to_string();
+                let Some(admin) = entry
+                    .instances
+                    .iter()
+                    .find(|i| i.metadata.get("pid") == Some(&pid))
+                    .and_then(|i| i.metadata.get("admin_addr").cloned())
+                else {
+                    return false;
+                };
+                http.get(format!("http://{admin}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    }
+
+    /// Polls `check` until it holds, the service exits, or the timeout passes.
+    async fn poll_until<F, Fut>(&mut self, name: &'static str, mut check: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut delay = Duration::from_millis(10);
+        loop {
+            if check().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not ready after {READY_TIMEOUT:?}");
+            }
+            if let Ok(Event::Exited {
+                name: n, status, ..
+            }) = self.inbox.try_recv()
+            {
+                self.procs.remove(n);
+                bail!("{n} exited during start-up ({})", describe(status));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+            let _ = name;
+        }
+    }
+
+    /// Restarts what crashes until a stop signal; returns the exit code for `up`.
+    async fn supervise(&mut self) -> ExitCode {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            let event = tokio::select! {
+                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return ExitCode::SUCCESS,
+                e = self.inbox.recv() => e,
+            };
+            match event {
+                Some(Event::Exited { name, pid, status }) => {
+                    if self.procs.get(name).map(|p| p.pid) != Some(pid) {
+                        continue;
+                    }
+                    if status.code() == Some(EX_USAGE) {
+                        self.out.line(&format!(
+                            "{name} stopped: invalid configuration ({}); see {}",
+                            describe(status),
+                            self.log_path(name).display()
+                        ));
+                        self.procs.remove(name);
+                        return ExitCode::from(EX_USAGE as u8);
+                    }
+                    let proc = self.procs.get_mut(name).expect("checked above");
+                    if proc.started.elapsed() > STABLE_AFTER {
+                        proc.restarts = 0;
+                    }
+                    let backoff = backoff(proc.restarts);
+                    proc.restarts += 1;
+                    self.out.line(&format!(
+                        "{name} exited ({}); restarting in {backoff:?} (restart #{})",
+                        describe(status),
+                        proc.restarts
+                    ));
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(backoff).await;
+                        let _ = events.send(Event::Restart(name));
+                    });
+                }
+                Some(Event::Restart(name)) => {
+                    if let Err(e) = self.spawn(name) {
+                        self.out.line(&format!("cannot restart {name}: {e:#}"));
+                    } else {
+                        self.out
+                            .line(&format!("{name} restarted (pid {})", self.procs[name].pid));
+                    }
+                }
+                None => return ExitCode::FAILURE,
+            }
+        }
+    }
+
+    /// SIGTERM to every service, gateway first and registry last, each given time to
+    /// drain; whatever is left after [`STOP_TIMEOUT`] is killed.
+    async fn stop_all(&mut self) {
+        self.out.line("stopping Flotilla…");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for &name in NAMES.iter().rev() {
+            let Some(proc) = self.procs.remove(name) else {
+                continue;
+            };
+            let pid = Pid::from_raw(proc.pid as i32);
+            if kill(pid, Signal::SIGTERM).is_err() {
+                continue;
+            }
+            while Instant::now() < deadline
+                && kill(pid, None).is_ok()
+                && !self.reaped(name, proc.pid).await
+            {}
+            if kill(pid, None).is_ok() && Instant::now() >= deadline {
+                self.out
+                    .line(&format!("{name} did not stop in time; killing it"));
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        self.out.line("stopped.");
+    }
+
+    /// Waits briefly for `pid` of `name` to be reaped.
+    async fn reaped(&mut self, name: &str, pid: u32) -> bool {
+        match tokio::time::timeout(Duration::from_millis(50), self.inbox.recv()).await {
+            Ok(Some(Event::Exited {
+                name: n, pid: p, ..
+            })) => n == name && p == pid,
+            _ => false,
+        }
+    }
+}
+
+/// 200 ms doubling per restart, at most 10 s.
+fn backoff(restarts: u32) -> Duration {
+    Duration::from_millis(200)
+        .saturating_mul(1u32 << restarts.min(6))
+        .min(Duration::from_secs(10))
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
+            format!("signal {sig} {name}")
+        }
+        _ => "unknown status".to_owned(),
+    }
+}
+
+/// Copies a child's output line by line to its log file and the terminal.
+async fn pump(
+    name: &'static str,
+    stream: impl AsyncRead + Unpin,
+    log: Arc<std::sync::Mutex<std::fs::File>>,
+    out: Arc<Printer>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(mut f) = log.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+        out.service_line(name, &line);
+    }
+}
+
+/// The terminal: progress bars during start-up, then coloured log lines.
+struct Printer {
+    multi: MultiProgress,
+    colour: bool,
+    /// Whether start-up is over (logs of level info and below are shown only then).
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl Printer {
+    fn new() -> Self {
+        Self {
+            multi: MultiProgress::new(),
+            colour: std::io::stdout().is_terminal(),
+            live: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        self.multi.suspend(|| println!("{text}"));
+    }
+
+    fn line_if_plain(&self, text: &str) {
+        if !std::io::stderr().is_terminal() {
+            self.line(text);
+        }
+    }
+
+    fn service_line(&self, name: &str, raw: &str) {
+        let live = self.live.load(std::sync::atomic::Ordering::Relaxed);
+        let rendered = render(name, raw, self.colour);
+        if live || rendered.1 {
+            self.line(&rendered.0);
+        }
+    }
+}
+
+const PALETTE: [u8; 6] = [36, 35, 33, 32, 34, 91];
+
+/// Renders one JSON log line for the terminal; the flag says whether it is a warning or
+/// an error (shown even during start-up).
+fn render(name: &str, raw: &str, colour: bool) -> (String, bool) {
+    let idx = NAMES.iter().position(|n| *n == name).unwrap_or(0) % PALETTE.len();
+    let prefix = if colour {
+        format!("\x1b[{}m{name:>10} |\x1b[0m", PALETTE[idx])
+    } else {
+        format!("{name:>10} |")
+    };
+    let Ok(serde_json::Value::Object(v)) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return (format!("{prefix} {raw}"), true);
+    };
+    let level = v.get("level").and_then(|l| l.as_str()).unwrap_or("INFO");
+    let time = v
+        .get("time")
+        .and_then(|t| t.as_str())
+        .and_then(|t| t.get(11..19))
+        .unwrap_or("");
+    let message = v.get("message").and_then(|m| m.as_str()).unwrap_or("");
+    let fields = v
+        .get("fields")
+        .and_then(|f| f.as_object())
+        .map(|f| {
+            f.iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!(" {k}={s}"),
+                    other => format!(" {k}={other}"),
+                })
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let loud = matches!(level, "WARN" | "ERROR");
+    let level_text = if colour {
+        let c = match level {
+            "ERROR" => 31,
+            "WARN" => 33,
+            "DEBUG" | "TRACE" => 90,
+            _ => 32,
+        };
+        format!("\x1b[{c}m{level:<5}\x1b[0m")
+    } else {
+        format!("{level:<5}")
+    };
+    (
+        format!("{prefix} {time} {level_text} {message}{fields}"),
+        loud,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(200));
+        assert_eq!(backoff(1), Duration::from_millis(400));
+        assert_eq!(backoff(20), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn renders_json_log_lines() {
+        let (line, loud) = render(
+            "inventory",
+            r#"{"time":"2026-01-02T03:04:05.123Z","level":"WARN","message":"slow","fields":{"ms":12,"sku":"A1"}}"#,
+            false,
+        );
+        assert_eq!(line, " inventory | 03:04:05 WARN  slow ms=12 sku=A1");
+        assert!(loud);
+        let (raw, _) = render("gateway", "not json", false);
+        assert_eq!(raw, "   gateway | not json");
+    }
+}

@@ -1,0 +1,186 @@
+//! Starts `flotilla up` in a temporary data directory on free ports and cleans up after.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The `flotilla` binary under test.
+pub fn flotilla() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a process exists.
+pub fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// A running system.
+pub struct System {
+    up: Option<Child>,
+    pub gateway: String,
+    pub registry: String,
+    pub http: reqwest::Client,
+    pub data: tempfile::TempDir,
+    seen_pids: Vec<u32>,
+}
+
+impl System {
+    /// Environment for every `flotilla` command aimed at this system.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env(
+            "FLOTILLA_DISCOVERY",
+            format!("registry://{}", self.registry.trim_start_matches("http://")),
+        );
+    }
+
+    /// Starts `flotilla up` and waits until the gateway serves products.
+    pub async fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let (gw, reg) = (free_port(), free_port());
+        let up = flotilla()
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("FLOTILLA_GATEWAY__LISTEN", format!("127.0.0.1:{gw}"))
+            .env("FLOTILLA_REGISTRY__LISTEN", format!("127.0.0.1:{reg}"))
+            .env("FLOTILLA_LEASE_TTL", "1s")
+            .env_remove("FLOTILLA_DISCOVERY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("flotilla up starts");
+        let mut sys = Self {
+            up: Some(up),
+            gateway: format!("http://127.0.0.1:{gw}"),
+            registry: format!("http://127.0.0.1:{reg}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+            data,
+            seen_pids: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = sys
+                .http
+                .get(format!("{}/api/products", sys.gateway))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the system did not come up in 60 s"
+            );
+            if let Some(status) = sys.up.as_mut().unwrap().try_wait().unwrap() {
+                let logs = sys.logs();
+                panic!("flotilla up exited early ({status}); logs:\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sys.remember_pids().await;
+        sys
+    }
+
+    /// Every service's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(dir) = std::fs::read_dir(self.data.path().join("logs")) {
+            for f in dir.flatten() {
+                out.push_str(&format!("== {}\n", f.path().display()));
+                out.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// `GET /v1/services/{name}` instances.
+    pub async fn instances(&self, service: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/v1/services/{service}", self.registry))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Records the pids of every registered instance (checked at stop).
+    pub async fn remember_pids(&mut self) {
+        let all: Value = self
+            .http
+            .get(format!("{}/v1/services", self.registry))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for s in all.as_array().unwrap() {
+            for i in s["instances"].as_array().unwrap() {
+                if let Some(pid) = i["metadata"]["pid"].as_str().and_then(|p| p.parse().ok())
+                    && !self.seen_pids.contains(&pid)
+                {
+                    self.seen_pids.push(pid);
+                }
+            }
+        }
+    }
+
+    /// Every pid seen so far.
+    pub fn pids(&self) -> &[u32] {
+        &self.seen_pids
+    }
+
+    /// Sends SIGINT to `flotilla up` and waits for it to exit.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        let mut up = self.up.take().expect("running");
+        kill(Pid::from_raw(up.id() as i32), Signal::SIGINT).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = up.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "flotilla up did not stop within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            let _ = kill(Pid::from_raw(up.id() as i32), Signal::SIGINT);
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+        for &pid in &self.seen_pids {
+            if alive(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}

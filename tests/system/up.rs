@@ -81,6 +81,63 @@ async fn up_serves_survives_a_crash_and_stops_cleanly() {
     }
     sys.remember_pids().await;
 
+    // The registry itself crashes: clients keep their last known instances, and the
+    // services register again once the supervisor has restarted it.
+    let registry = sys.instances("registry").await;
+    let registry_pid: u32 = registry[0]["metadata"]["pid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(registry_pid as i32), Signal::SIGKILL).unwrap();
+    for _ in 0..10 {
+        let res = sys
+            .http
+            .get(format!("{}/api/products/FLT-BOAT-001", sys.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            200,
+            "the gateway keeps routing while the registry is down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let back = sys
+            .http
+            .get(format!("{}/v1/services/inventory", sys.registry))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200);
+        if let Some(r) = back {
+            let v: Value = r.json().await.unwrap();
+            if v["instances"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|i| i["healthy"] == true))
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "services did not re-register; logs:\n{}",
+            sys.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let res = sys
+        .http
+        .get(format!("{}/api/products/FLT-BOAT-001", sys.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    sys.remember_pids().await;
+
     // `flotilla status` sees it all, with memory per process.
     let mut status = flotilla();
     sys.env(&mut status);

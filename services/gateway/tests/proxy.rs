@@ -219,3 +219,44 @@ async fn bad_requests_never_reach_upstreams() {
         .unwrap();
     problem(res, 431).await;
 }
+
+#[tokio::test]
+async fn forwards_over_h2c() {
+    kit::telemetry::init_for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    let inv_cfg = config(dir.path())
+        .merged("discovery", "static://")
+        .merged("inventory", json!({"seed": true}));
+    let inventory = spawn(
+        inventory::build(Context::new("inventory", inv_cfg).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let gw_cfg = config(dir.path())
+        .merged("discovery", format!("static://inventory={inventory}"))
+        .merged(
+            "gateway",
+            json!({
+                "listen": "127.0.0.1:0",
+                "routes": [{"prefix": "/api/products", "service": "inventory", "protocol": "h2c"}]
+            }),
+        );
+    let gateway = spawn(
+        gateway::build(Context::new("gateway", gw_cfg).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let res = http
+            .get(format!("http://{gateway}/api/products/FLT-BOAT-003"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let p: Value = res.json().await.unwrap();
+        assert_eq!(p["name"], "Canoe");
+    }
+}

@@ -4,7 +4,8 @@
 //! [`service::Service`], which binds the public and admin listeners, wires telemetry,
 //! problem errors and request ids, registers the instance with discovery and drains
 //! gracefully on shutdown. The patterns live in modules named after them:
-//! [`config`], [`service`], [`telemetry`], [`errors`], [`discovery`], [`store`].
+//! [`config`], [`service`], [`telemetry`], [`errors`], [`discovery`], [`store`],
+//! [`security`].
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod discovery;
 pub mod errors;
 pub mod extract;
 pub mod http;
+pub mod security;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -154,6 +154,10 @@ async fn forward_to(
         }
     };
     strip_hop_by_hop(&mut parts.headers);
+    // Only the gateway may say who the caller is.
+    for name in kit::security::IDENTITY_HEADERS {
+        parts.headers.remove(name);
+    }
     add_forwarded(&mut parts.headers, peer);
     let path_and_query = parts
         .uri

@@ -154,6 +154,8 @@ async fn sets_forwarding_headers_and_strips_hop_by_hop() {
         .header("x-private", "secret")
         .header("proxy-authorization", "Basic Zm9v")
         .header("x-request-id", "rid-7")
+        .header("x-flotilla-user-id", "forged-admin")
+        .header("x-flotilla-roles", "admin")
         .send()
         .await
         .unwrap();
@@ -165,6 +167,8 @@ async fn sets_forwarding_headers_and_strips_hop_by_hop() {
     assert!(seen["traceparent"].as_str().unwrap().starts_with("00-"));
     assert!(seen.get("x-private").is_none());
     assert!(seen.get("proxy-authorization").is_none());
+    assert!(seen.get("x-flotilla-user-id").is_none(), "identity cannot be forged");
+    assert!(seen.get("x-flotilla-roles").is_none());
 }
 
 #[tokio::test]

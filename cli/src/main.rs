@@ -4,6 +4,7 @@
 //! so every service is its own OS process while users build one artifact.
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod services;
 mod status;
 mod up;
@@ -34,6 +35,9 @@ enum Command {
     },
     /// Show services, instances, addresses, health, uptime and memory.
     Status,
+    /// Break things on purpose: inject faults, kill instances.
+    #[command(subcommand)]
+    Chaos(chaos::Chaos),
     /// Run one service in the foreground (what `up` spawns; what a container runs).
     Run {
         /// The service: one of the names `flotilla status` lists.
@@ -48,5 +52,6 @@ fn main() -> ExitCode {
         Command::Run { service } => services::run(&service),
         Command::Up { data_dir } => up::up(data_dir),
         Command::Status => status::status(),
+        Command::Chaos(cmd) => chaos::chaos(cmd),
     }
 }

@@ -31,7 +31,9 @@ pub fn status() -> ExitCode {
     })
 }
 
-fn registry_url() -> anyhow::Result<String> {
+/// The registry `flotilla` commands talk to: `FLOTILLA_DISCOVERY` if it names one, else
+/// the configured registry address.
+pub fn registry_url() -> anyhow::Result<String> {
     let config = Config::load();
     let common = config.common()?;
     if common.discovery.starts_with("registry://") {

@@ -47,6 +47,11 @@ impl System {
 
     /// Starts `flotilla up` and waits until the gateway serves products.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`System::start`], with extra environment for every service.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let (gw, reg) = (free_port(), free_port());
         let up = flotilla()
@@ -57,6 +62,7 @@ impl System {
             .env("FLOTILLA_REGISTRY__LISTEN", format!("127.0.0.1:{reg}"))
             .env("FLOTILLA_LEASE_TTL", "1s")
             .env_remove("FLOTILLA_DISCOVERY")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -122,6 +128,44 @@ impl System {
             .await
             .unwrap();
         v["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The admin address of the first instance of `service`.
+    pub async fn admin(&self, service: &str) -> String {
+        let i = self.instances(service).await;
+        let addr = i[0]["metadata"]["admin_addr"].as_str().expect("admin_addr");
+        format!("http://{addr}")
+    }
+
+    /// Sum of a Prometheus counter over the series whose labels contain `filter`.
+    pub async fn counter(&self, service: &str, name: &str, filter: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.admin(service).await))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Runs a `flotilla` subcommand against this system; panics unless it succeeds.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = flotilla();
+        self.env(&mut cmd);
+        let out = cmd.args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "flotilla {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// Records the pids of every registered instance (checked at stop).

@@ -1,4 +1,5 @@
 //! Whole-system tests: start the real `flotilla` binary and talk HTTP to the gateway.
 
+mod chaos;
 mod harness;
 mod up;

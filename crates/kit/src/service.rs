@@ -13,10 +13,11 @@
 //! ```
 //!
 //! The public listener gets, outermost first: panic → `500` problem, request id and
-//! header limit, a server span joined to the caller's `traceparent`, RED metrics, a body
-//! limit, and `404`/`405` problems for unknown routes and methods. The admin listener
-//! (loopback by default) serves `/healthz`, `/readyz`, `/metrics` and the service's own
-//! `/admin/*` routes. Shutdown (SIGINT/SIGTERM) marks the instance not ready,
+//! header limit, a server span joined to the caller's `traceparent`, RED metrics, the
+//! caller's deadline, fault injection (off unless set), a body limit, and `404`/`405`
+//! problems for unknown routes and methods. The admin listener
+//! (loopback by default) serves `/healthz`, `/readyz`, `/metrics`, `/admin/breakers`,
+//! `/admin/faults` and the service's own `/admin/*` routes. Shutdown (SIGINT/SIGTERM) marks the instance not ready,
 //! deregisters it, stops accepting, and lets in-flight requests finish within the grace.
 
 use std::collections::BTreeMap;
@@ -402,6 +403,10 @@ pub fn public_stack(router: Router, body_limit: usize) -> Router {
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(crate::resilience::fault::inject))
+        .layer(axum::middleware::from_fn(
+            crate::resilience::deadline::propagate,
+        ))
         .layer(axum::middleware::from_fn(telemetry::metrics::red))
         .layer(axum::middleware::from_fn(telemetry::trace::server_span))
         .layer(axum::middleware::from_fn(crate::http::request_context))
@@ -426,6 +431,7 @@ fn admin_stack(
             get(move || readyz(checks.clone(), draining.clone())),
         )
         .route("/metrics", get(metrics))
+        .merge(crate::resilience::admin_router())
         .merge(extra)
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)

@@ -1,10 +1,13 @@
 //! The Flotilla API gateway: the single public entry point.
 //!
 //! Routes by path prefix from config, finds instances through discovery (server-side
-//! discovery, power of two choices), forwards over pooled keep-alive connections
-//! (HTTP/1.1 or h2c), and answers upstream failures as problem documents: `503` when no
-//! instance is healthy, `502` when the upstream fails, `504` when it times out. It never
-//! forwards admin, metrics or health paths.
+//! discovery, power of two choices), protects each service with a bulkhead, a circuit
+//! breaker and budgeted retries (`[resilience]` config), forwards over pooled keep-alive
+//! connections (HTTP/1.1 or h2c) with the route's deadline, and answers upstream
+//! failures as problem documents: `503` with `Retry-After` when no instance is healthy
+//! or the breaker is open (at once, without touching the network), `502` when the
+//! upstream fails, `504` when it times out. It never forwards admin, metrics or health
+//! paths.
 
 pub mod proxy;
 pub mod routes;
@@ -20,7 +23,10 @@ use kit::discovery::Discovery;
 use kit::service::{Context, Service, StartError};
 use serde::Deserialize;
 
-use proxy::Gateway;
+use std::collections::HashMap;
+
+use kit::resilience::{Policy, ResilienceConfig};
+use proxy::{Gateway, Upstream};
 use routes::RouteConfig;
 
 /// The `[gateway]` section.
@@ -57,11 +63,24 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         setting: "FLOTILLA_GATEWAY__ROUTES".to_owned(),
         message,
     })?;
+    let resilience: ResilienceConfig = ctx.config.section("resilience")?;
     let discovery = Discovery::from_url(&ctx.common.discovery)?;
+    let mut policies: HashMap<String, Policy> = HashMap::new();
     let table = cfg
         .routes
         .iter()
-        .map(|r| (r.clone(), discovery.endpoints(&r.service)))
+        .map(|r| {
+            let policy = policies
+                .entry(r.service.clone())
+                .or_insert_with(|| Policy::new(&r.service, &resilience))
+                .clone();
+            let upstream = Upstream {
+                route: r.clone(),
+                endpoints: discovery.endpoints(&r.service),
+                policy,
+            };
+            (r.clone(), upstream)
+        })
         .collect();
     let gateway = Arc::new(Gateway::new(table));
     let body_limit = cfg.routes.iter().map(|r| r.body_limit).max().unwrap_or(0);
@@ -91,8 +110,9 @@ async fn admin_routes(State(gw): State<Arc<Gateway>>) -> axum::Json<serde_json::
     let routes: Vec<_> = gw
         .routes
         .iter()
-        .map(|(r, endpoints)| {
-            let instances: Vec<_> = endpoints
+        .map(|(r, upstream)| {
+            let instances: Vec<_> = upstream
+                .endpoints
                 .current()
                 .iter()
                 .map(|e| {
@@ -109,6 +129,7 @@ async fn admin_routes(State(gw): State<Arc<Gateway>>) -> axum::Json<serde_json::
                 "timeout_ms": r.timeout.as_millis() as u64,
                 "body_limit": r.body_limit,
                 "protocol": r.protocol,
+                "breaker": upstream.policy.breaker.snapshot(),
                 "instances": instances,
             })
         })

@@ -1,5 +1,7 @@
-//! The forwarding path: route, pick an instance, forward over a pooled connection,
-//! and turn every upstream failure into the right problem document.
+//! The forwarding path: route, pass the service's bulkhead and circuit breaker, pick an
+//! instance, forward over a pooled connection (retrying what is safe to retry, within
+//! the retry budget and the route's deadline), and turn every upstream failure into the
+//! right problem document.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kit::Problem;
 use kit::discovery::{Endpoints, Picked};
+use kit::resilience::deadline;
+use kit::resilience::retry::{self, Verdict};
+use kit::resilience::{Policy, Rejected};
 use kit::telemetry::metrics::RouteLabel;
+use std::sync::Mutex;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::routes::{self, Protocol, RouteConfig};
@@ -26,20 +33,27 @@ use crate::routes::{self, Protocol, RouteConfig};
 /// a connection is refused).
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
-/// How many instances a request may try when connections are refused.
-const CONNECT_ATTEMPTS: usize = 3;
+/// Where one route's requests go, and the policies that protect the calls.
+pub struct Upstream {
+    /// The route.
+    pub route: RouteConfig,
+    /// Live instances of its service.
+    pub endpoints: Endpoints,
+    /// Breaker, retry and bulkhead for its service.
+    pub policy: Policy,
+}
 
 /// The gateway's routing state.
 pub struct Gateway {
-    /// Routes with the live instance sets of their services.
-    pub routes: Vec<(RouteConfig, Endpoints)>,
+    /// Routes with their upstreams.
+    pub routes: Vec<(RouteConfig, Upstream)>,
     http1: UpstreamClient,
     h2c: UpstreamClient,
 }
 
 impl Gateway {
     /// A gateway over `routes`.
-    pub fn new(routes: Vec<(RouteConfig, Endpoints)>) -> Self {
+    pub fn new(routes: Vec<(RouteConfig, Upstream)>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -115,22 +129,17 @@ pub async fn forward(
     if routes::is_internal(path) {
         return Problem::not_found(format!("no route for {path}")).into_response();
     }
-    let Some((route, endpoints)) = routes::find(&gw.routes, path) else {
+    let Some((route, upstream)) = routes::find(&gw.routes, path) else {
         return Problem::not_found(format!("no route for {path}")).into_response();
     };
     let label = RouteLabel(route.prefix.clone());
-    let mut res = forward_to(&gw, route, endpoints, peer, req).await;
+    let mut res = forward_to(&gw, upstream, peer, req).await;
     res.extensions_mut().insert(label);
     res
 }
 
-async fn forward_to(
-    gw: &Gateway,
-    route: &RouteConfig,
-    endpoints: &Endpoints,
-    peer: SocketAddr,
-    req: Request,
-) -> Response {
+async fn forward_to(gw: &Gateway, upstream: &Upstream, peer: SocketAddr, req: Request) -> Response {
+    let route = &upstream.route;
     let (mut parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -168,31 +177,132 @@ async fn forward_to(
         Protocol::Http1 => &gw.http1,
         Protocol::H2c => &gw.h2c,
     };
+    let Ok(_slot) = upstream.policy.bulkhead.enter().await else {
+        return Problem::unavailable(
+            format!("too many concurrent requests to {}", route.service),
+            Duration::from_secs(1),
+        )
+        .into_response();
+    };
 
-    let mut tried: Vec<Arc<str>> = Vec::new();
-    for _ in 0..CONNECT_ATTEMPTS {
-        let Some(picked) = pick_untried(endpoints, &tried) else {
-            break;
-        };
-        let addr = picked.instance.addr.clone();
-        tried.push(Arc::from(picked.instance.id.as_str()));
-        let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return Problem::bad_request("the request target is not a valid URI")
-                    .into_response();
+    let deadline = Instant::now() + route.timeout;
+    let safe = retry::is_retry_safe(&parts.method, &parts.headers);
+    let tried: Mutex<Vec<Arc<str>>> = Mutex::default();
+    let call = Call {
+        client,
+        upstream,
+        parts: &parts,
+        path_and_query: &path_and_query,
+        body: &body,
+        deadline,
+        tried: &tried,
+    };
+    let outcome = upstream
+        .policy
+        .retry
+        .run(safe, Some(deadline), |_| call.attempt(), Attempt::verdict)
+        .await;
+    outcome.into_response(route)
+}
+
+/// One forwarded request, attempted once or more.
+struct Call<'a> {
+    client: &'a UpstreamClient,
+    upstream: &'a Upstream,
+    parts: &'a http::request::Parts,
+    path_and_query: &'a str,
+    body: &'a Bytes,
+    deadline: Instant,
+    tried: &'a Mutex<Vec<Arc<str>>>,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Answered(http::Response<hyper::body::Incoming>),
+    BreakerOpen(Rejected),
+    NoInstance,
+    NotConnected,
+    Failed,
+    TimedOut,
+}
+
+impl Attempt {
+    fn verdict(&self) -> Verdict {
+        match self {
+            Self::Answered(res) if kit::resilience::is_failure_status(res.status()) => {
+                Verdict::Retryable
             }
+            Self::Answered(_) | Self::BreakerOpen(_) | Self::NoInstance => Verdict::Done,
+            Self::NotConnected => Verdict::NotSent,
+            Self::Failed | Self::TimedOut => Verdict::Retryable,
+        }
+    }
+
+    fn into_response(self, route: &RouteConfig) -> Response {
+        let service = &route.service;
+        match self {
+            Self::Answered(mut res) => {
+                strip_hop_by_hop(res.headers_mut());
+                res.map(Body::new)
+            }
+            Self::BreakerOpen(r) => Problem::unavailable(
+                format!("{service} is failing; its circuit breaker is open"),
+                r.retry_after,
+            )
+            .into_response(),
+            Self::NoInstance => Problem::unavailable(
+                format!("no healthy instance of {service}"),
+                Duration::from_secs(1),
+            )
+            .into_response(),
+            Self::NotConnected => {
+                Problem::bad_gateway(format!("cannot connect to {service}")).into_response()
+            }
+            Self::Failed => {
+                Problem::bad_gateway(format!("{service} failed to answer")).into_response()
+            }
+            Self::TimedOut => Problem::gateway_timeout(format!(
+                "{service} did not answer within {:?}",
+                route.timeout
+            ))
+            .into_response(),
+        }
+    }
+}
+
+impl Call<'_> {
+    async fn attempt(&self) -> Attempt {
+        let route = &self.upstream.route;
+        let permit = match self.upstream.policy.breaker.try_acquire() {
+            Ok(p) => p,
+            Err(r) => return Attempt::BreakerOpen(r),
+        };
+        let picked = {
+            let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
+            let picked = pick_untried(&self.upstream.endpoints, &tried);
+            if let Some(p) = &picked {
+                tried.push(Arc::from(p.instance.id.as_str()));
+            }
+            picked
+        };
+        let Some(picked) = picked else {
+            return Attempt::NoInstance;
+        };
+        let addr = picked.instance.addr.as_str();
+        let Ok(uri) = format!("http://{addr}{}", self.path_and_query).parse::<Uri>() else {
+            return Attempt::Failed;
         };
         let mut out = http::Request::builder()
-            .method(parts.method.clone())
+            .method(self.parts.method.clone())
             .uri(uri)
-            .body(Full::new(body.clone()))
+            .body(Full::new(self.body.clone()))
             .expect("method and URI were valid on the way in");
-        *out.headers_mut() = parts.headers.clone();
+        *out.headers_mut() = self.parts.headers.clone();
+        deadline::set_header(out.headers_mut(), self.deadline);
 
         let span = tracing::info_span!(
             "http.client",
-            otel.name = %format_args!("{} {}", parts.method, route.service),
+            otel.name = %format_args!("{} {}", self.parts.method, route.service),
             otel.kind = "client",
             peer.service = %route.service,
             server.address = %addr,
@@ -202,42 +312,32 @@ async fn forward_to(
             let _entered = span.enter();
             kit::telemetry::trace::inject_current(out.headers_mut());
         }
-        let sent = tokio::time::timeout(route.timeout, client.request(out))
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let sent = tokio::time::timeout(remaining, self.client.request(out))
             .instrument(span.clone())
             .await;
-        drop(picked);
         match sent {
-            Ok(Ok(mut res)) => {
+            Ok(Ok(res)) => {
                 span.record("http.response.status_code", res.status().as_u16());
-                strip_hop_by_hop(res.headers_mut());
-                return res.map(Body::new);
+                permit.record(!kit::resilience::is_failure_status(res.status()));
+                Attempt::Answered(res)
             }
             Ok(Err(e)) if e.is_connect() => {
-                tracing::warn!(service = %route.service, instance = %addr, error = %e, "connection refused; trying another instance");
+                permit.failure();
+                tracing::warn!(service = %route.service, instance = %addr, error = %e, "cannot connect");
+                Attempt::NotConnected
             }
             Ok(Err(e)) => {
+                permit.failure();
                 tracing::warn!(service = %route.service, instance = %addr, error = %e, "upstream failed");
-                return Problem::bad_gateway(format!("{} failed to answer", route.service))
-                    .into_response();
+                Attempt::Failed
             }
             Err(_) => {
+                permit.failure();
                 tracing::warn!(service = %route.service, instance = %addr, timeout = ?route.timeout, "upstream timed out");
-                return Problem::gateway_timeout(format!(
-                    "{} did not answer within {:?}",
-                    route.service, route.timeout
-                ))
-                .into_response();
+                Attempt::TimedOut
             }
         }
-    }
-    if tried.is_empty() {
-        Problem::unavailable(
-            format!("no healthy instance of {}", route.service),
-            Duration::from_secs(1),
-        )
-        .into_response()
-    } else {
-        Problem::bad_gateway(format!("cannot connect to {}", route.service)).into_response()
     }
 }
 
@@ -248,7 +348,8 @@ fn too_large(route: &RouteConfig) -> Problem {
     ))
 }
 
-/// Picks an instance not tried yet for this request (p2c among the rest).
+/// Picks an instance not tried yet for this request (p2c among the rest); once every
+/// instance was tried, any of them again.
 fn pick_untried(endpoints: &Endpoints, tried: &[Arc<str>]) -> Option<Picked> {
     if tried.is_empty() {
         return endpoints.pick();
@@ -259,7 +360,7 @@ fn pick_untried(endpoints: &Endpoints, tried: &[Arc<str>]) -> Option<Picked> {
         .filter(|e| !tried.iter().any(|t| **t == *e.instance.id))
         .cloned()
         .collect();
-    kit::discovery::pick_p2c(&rest)
+    kit::discovery::pick_p2c(&rest).or_else(|| endpoints.pick())
 }
 
 #[cfg(test)]

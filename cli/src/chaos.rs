@@ -1,0 +1,223 @@
+//! `flotilla chaos`: break things on purpose, to watch the resilience patterns work.
+//! Faults are set through each instance's admin API (`PUT /admin/faults`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use kit::discovery::Instance;
+use kit::discovery::registry::RegistryClient;
+use kit::resilience::fault::{FaultRule, FaultSet};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::RngExt;
+
+use crate::status::registry_url;
+
+/// `flotilla chaos …`
+#[derive(Debug, Subcommand)]
+pub enum Chaos {
+    /// Inject faults into every instance of a service.
+    Fault {
+        /// The service.
+        service: String,
+        /// Answer with this status (400–599).
+        #[arg(long)]
+        abort: Option<u16>,
+        /// Add latency: `200ms`, or a range `100ms..300ms`.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Share of requests affected.
+        #[arg(long, default_value_t = 100.0)]
+        percent: f64,
+        /// Only paths starting with this prefix.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only requests from this calling service.
+        #[arg(long)]
+        caller: Option<String>,
+        /// How long the fault lasts (`60s`); until `chaos clear` if absent.
+        #[arg(long = "for")]
+        lasting: Option<String>,
+    },
+    /// Remove injected faults (from one service, or all).
+    Clear {
+        /// The service; all services if absent.
+        service: Option<String>,
+    },
+    /// SIGKILL one instance of a service (`flotilla up` restarts it).
+    Kill {
+        /// The service.
+        service: String,
+    },
+}
+
+/// Runs a chaos command.
+pub fn chaos(cmd: Chaos) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flotilla chaos: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla chaos: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn millis(text: &str) -> anyhow::Result<u64> {
+    let d = humantime::parse_duration(text.trim())
+        .with_context(|| format!("{text:?} is not a duration"))?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn rule(
+    abort: Option<u16>,
+    delay: Option<String>,
+    percent: f64,
+    route: Option<String>,
+    caller: Option<String>,
+    lasting: Option<String>,
+) -> anyhow::Result<FaultRule> {
+    if abort.is_none() && delay.is_none() {
+        bail!("say what to inject: --abort STATUS and/or --delay DURATION");
+    }
+    let (delay_ms, delay_max_ms) = match delay.as_deref() {
+        None => (None, None),
+        Some(d) => match d.split_once("..") {
+            Some((lo, hi)) => (Some(millis(lo)?), Some(millis(hi)?)),
+            None => (Some(millis(d)?), None),
+        },
+    };
+    let for_secs = lasting
+        .as_deref()
+        .map(|l| humantime::parse_duration(l).map(|d| d.as_secs().max(1)))
+        .transpose()
+        .context("--for takes a duration like 60s")?;
+    let rule = FaultRule {
+        abort,
+        delay_ms,
+        delay_max_ms,
+        percent,
+        route,
+        caller,
+        for_secs,
+    };
+    garde::Validate::validate(&rule).map_err(|e| anyhow::anyhow!("invalid fault: {e}"))?;
+    Ok(rule)
+}
+
+async fn instances(service: Option<&str>) -> anyhow::Result<Vec<(String, Instance)>> {
+    let client = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
+    let all = client.services().await.context("is Flotilla running?")?;
+    let found: Vec<_> = all
+        .into_iter()
+        .filter(|s| service.is_none_or(|n| s.name == n))
+        .flat_map(|s| s.instances.into_iter().map(move |i| (s.name.clone(), i)))
+        .collect();
+    if let Some(name) = service
+        && found.is_empty()
+    {
+        bail!("no instance of {name} is registered");
+    }
+    Ok(found)
+}
+
+async fn run(cmd: Chaos) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    match cmd {
+        Chaos::Fault {
+            service,
+            abort,
+            delay,
+            percent,
+            route,
+            caller,
+            lasting,
+        } => {
+            let set = FaultSet {
+                rules: vec![rule(abort, delay, percent, route, caller, lasting)?],
+            };
+            for (_, i) in instances(Some(&service)).await? {
+                let admin = i
+                    .metadata
+                    .get("admin_addr")
+                    .context("instance without admin_addr")?;
+                let res = http
+                    .put(format!("http://{admin}/admin/faults"))
+                    .json(&set)
+                    .send()
+                    .await?;
+                if !res.status().is_success() {
+                    bail!(
+                        "{} refused the fault: {}",
+                        i.id,
+                        res.text().await.unwrap_or_default()
+                    );
+                }
+                println!("fault set on {} ({})", i.id, i.addr);
+            }
+        }
+        Chaos::Clear { service } => {
+            for (_, i) in instances(service.as_deref()).await? {
+                if let Some(admin) = i.metadata.get("admin_addr") {
+                    http.delete(format!("http://{admin}/admin/faults"))
+                        .send()
+                        .await?;
+                    println!("faults cleared on {}", i.id);
+                }
+            }
+        }
+        Chaos::Kill { service } => {
+            let found = instances(Some(&service)).await?;
+            let (_, victim) = &found[rand::rng().random_range(0..found.len())];
+            let pid: i32 = victim
+                .metadata
+                .get("pid")
+                .and_then(|p| p.parse().ok())
+                .context("instance without pid")?;
+            kill(Pid::from_raw(pid), Signal::SIGKILL)
+                .with_context(|| format!("cannot kill pid {pid}"))?;
+            println!("killed {} (pid {pid})", victim.id);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_rules_from_flags() {
+        let r = rule(
+            Some(503),
+            Some("100ms..300ms".into()),
+            50.0,
+            None,
+            None,
+            Some("1m".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.delay_ms, r.delay_max_ms, r.for_secs),
+            (Some(100), Some(300), Some(60))
+        );
+        assert!(rule(None, None, 100.0, None, None, None).is_err());
+        assert!(rule(Some(200), None, 100.0, None, None, None).is_err());
+        assert!(rule(Some(503), None, 101.0, None, None, None).is_err());
+        assert!(rule(Some(503), Some("soon".into()), 1.0, None, None, None).is_err());
+    }
+}

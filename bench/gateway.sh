@@ -1,0 +1,355 @@
+#!/usr/bin/env bash
+# Gateway throughput benchmark: inventory directly vs. through the Flotilla gateway vs.
+# through nginx (reverse proxy with upstream keep-alive), all with the same wrk settings,
+# then the start-up time and idle memory of `flotilla up` (bench/footprint.sh).
+#
+#   bench/gateway.sh                     # build, install wrk+nginx if needed, run, write docs/benchmarks.md
+#
+# Environment:
+#   BENCH_DURATION=15s     wrk duration of each measured run
+#   BENCH_WARMUP=3s        wrk warm-up before each measured run
+#   BENCH_CONNECTIONS=64   wrk connections
+#   BENCH_THREADS=2        wrk threads
+#   BENCH_ROUNDS=3         interleaved rounds (direct, gateway, nginx, …) per path; medians reported
+#   BENCH_PATHS="/api/products/FLT-BOAT-001 /api/products?limit=20"
+#   BENCH_GATEWAY_INFO=1   also measure the gateway with FLOTILLA_LOG=info (the default filter)
+#   BENCH_FOOTPRINT=1      run bench/footprint.sh afterwards (0 to skip)
+#   BENCH_NO_BUILD=1       skip `cargo build --release -p flotilla`
+#   BENCH_DOC=docs/benchmarks.md
+#
+# Only loopback is used. Everything started here is stopped on exit (trap EXIT).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+BIN="$ROOT/target/release/flotilla"
+DOC=${BENCH_DOC:-docs/benchmarks.md}
+DURATION=${BENCH_DURATION:-15s}
+WARMUP=${BENCH_WARMUP:-3s}
+CONNS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
+read -r -a PATHS <<<"${BENCH_PATHS:-/api/products/FLT-BOAT-001 /api/products?limit=20}"
+GATEWAY_INFO=${BENCH_GATEWAY_INFO:-1}
+COMMAND="bench/gateway.sh${*:+ $*}"
+for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_ROUNDS BENCH_PATHS BENCH_GATEWAY_INFO; do
+    [[ -n ${!v:-} ]] && COMMAND="$v='${!v}' $COMMAND"
+done
+
+log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/flotilla-bench.XXXXXX")
+PIDS=()
+NGINX_PREFIX=""
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n $NGINX_PREFIX && -f $NGINX_PREFIX/nginx.pid ]]; then
+        nginx -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" -s stop 2>/dev/null
+    fi
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    if [[ ${BENCH_KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+# A free loopback port outside the ephemeral range (so wrk's client ports never take it).
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 12000))
+        if [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] && ! grep -qx "$p" "$TMP/ports" 2>/dev/null; then
+            echo "$p" >>"$TMP/ports"
+            echo "$p"
+            return
+        fi
+    done
+    die "no free port found"
+}
+
+# HTTP status of GET http://127.0.0.1:$1$2 (000 when nothing answers).
+status_of() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1$2" || true
+}
+
+# Waits (at most $3 seconds) until GET $2 on port $1 answers 200.
+wait_200() {
+    local port=$1 path=$2 limit=${3:-30} i
+    for ((i = 0; i < limit * 20; i++)); do
+        [[ $(status_of "$port" "$path") == 200 ]] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# CPU time (utime+stime, clock ticks) of the given pids, summed.
+cpu_ticks() {
+    local total=0 pid f
+    for pid in "$@"; do
+        if f=$(cat "/proc/$pid/stat" 2>/dev/null); then
+            f=${f##*) }          # fields after "(comm) "
+            read -r -a a <<<"$f"
+            total=$((total + a[11] + a[12]))   # fields 14 and 15 of stat
+        fi
+    done
+    echo "$total"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# Replaces the section between <!-- bench:$1:start --> and <!-- bench:$1:end --> in $DOC
+# with the contents of file $2 (appends it when the markers are missing).
+update_section() {
+    local name=$1 body=$2 start="<!-- bench:$1:start -->" end="<!-- bench:$1:end -->"
+    mkdir -p "$(dirname "$DOC")"
+    if [[ ! -f $DOC ]]; then
+        cat >"$DOC" <<'EOF'
+# Benchmarks
+
+Numbers measured by the scripts in `bench/` on one machine, written here by the scripts
+themselves (each section is replaced on every run; the machine, kernel, date and exact
+command are recorded in the section). Everything runs on loopback on the same host: the
+load generator, the backends and the proxies share the same cores, so absolute numbers
+are contended and only the ratios measured in the same run compare like with like.
+EOF
+    fi
+    if grep -qF "$start" "$DOC" && grep -qF "$end" "$DOC"; then
+        awk -v s="$start" -v e="$end" -v f="$body" '
+            $0 == s { print; while ((getline line < f) > 0) print line; skip = 1; next }
+            $0 == e { skip = 0 }
+            !skip { print }' "$DOC" >"$DOC.tmp"
+        mv "$DOC.tmp" "$DOC"
+    else
+        { printf '\n%s\n' "$start"; cat "$body"; printf '%s\n' "$end"; } >>"$DOC"
+    fi
+}
+
+# ---------------------------------------------------------------- 1. build and tools
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+    log "building: cargo build --release -p flotilla"
+    timeout 3600 cargo build --release -p flotilla
+fi
+[[ -x $BIN ]] || die "$BIN is missing"
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y wrk nginx
+fi
+export PATH="$PATH:/usr/sbin"
+command -v wrk >/dev/null || die "wrk is not installed"
+command -v nginx >/dev/null || die "nginx is not installed"
+
+cat >"$TMP/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d rps=%.1f p50=%d p90=%d p99=%d max=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
+    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+EOF
+
+# ---------------------------------------------------------------- 2-4. start the targets
+DATA="$TMP/data"
+mkdir -p "$DATA" "$TMP/logs"
+INV_PORT=$(free_port)
+GW_PORT=$(free_port)
+GWI_PORT=$(free_port)
+NGX_PORT=$(free_port)
+PROBE=/api/products/FLT-BOAT-001
+
+log "starting inventory on 127.0.0.1:$INV_PORT"
+FLOTILLA_DATA_DIR="$DATA" FLOTILLA_DISCOVERY=static:// FLOTILLA_INVENTORY__SEED=true \
+    FLOTILLA_INVENTORY__LISTEN=127.0.0.1:$INV_PORT FLOTILLA_LOG=warn \
+    "$BIN" run inventory >"$TMP/logs/inventory.log" 2>&1 &
+INV_PID=$!
+PIDS+=("$INV_PID")
+wait_200 "$INV_PORT" "$PROBE" 30 || { cat "$TMP/logs/inventory.log" >&2; die "inventory did not answer 200 on $PROBE"; }
+
+start_gateway() { # name port log-filter; sets STARTED_PID
+    FLOTILLA_DATA_DIR="$DATA" FLOTILLA_DISCOVERY="static://inventory=127.0.0.1:$INV_PORT" \
+        FLOTILLA_GATEWAY__LISTEN=127.0.0.1:$2 FLOTILLA_LOG=$3 \
+        "$BIN" run gateway >"$TMP/logs/$1.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_200 "$2" "$PROBE" 30 || { cat "$TMP/logs/$1.log" >&2; die "$1 did not answer 200 on $PROBE"; }
+}
+log "starting gateway on 127.0.0.1:$GW_PORT"
+start_gateway gateway "$GW_PORT" warn
+GW_PID=$STARTED_PID
+if [[ $GATEWAY_INFO == 1 ]]; then
+    log "starting gateway (FLOTILLA_LOG=info) on 127.0.0.1:$GWI_PORT"
+    start_gateway gateway-info "$GWI_PORT" info
+    GWI_PID=$STARTED_PID
+fi
+
+NGINX_PREFIX="$TMP/nginx"
+mkdir -p "$NGINX_PREFIX/tmp" "$NGINX_PREFIX/logs"
+USER_LINE=""
+[[ $(id -u) == 0 ]] && USER_LINE="user root root;"
+sed -e "s|@PREFIX@|$NGINX_PREFIX|g" -e "s|@LISTEN@|127.0.0.1:$NGX_PORT|g" \
+    -e "s|@UPSTREAM@|127.0.0.1:$INV_PORT|g" -e "s|@USER_LINE@|$USER_LINE|g" \
+    bench/nginx.conf.tmpl >"$NGINX_PREFIX/nginx.conf"
+log "starting nginx on 127.0.0.1:$NGX_PORT"
+nginx -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" -g 'daemon off;' >"$TMP/logs/nginx.log" 2>&1 &
+NGX_PID=$!
+PIDS+=("$NGX_PID")
+wait_200 "$NGX_PORT" "$PROBE" 15 || { cat "$TMP/logs/nginx.log" "$NGINX_PREFIX/error.log" >&2; die "nginx did not answer 200"; }
+NGX_ALL=("$NGX_PID" $(pgrep -P "$NGX_PID" || true))
+
+# The three answer the same thing.
+ref=$(curl -s "http://127.0.0.1:$INV_PORT$PROBE")
+for p in "$GW_PORT" "$NGX_PORT"; do
+    [[ $(curl -s "http://127.0.0.1:$p$PROBE") == "$ref" ]] || die "port $p does not return the same body as inventory"
+done
+
+# ---------------------------------------------------------------- 5. run wrk
+TARGETS=(direct gateway nginx)
+[[ $GATEWAY_INFO == 1 ]] && TARGETS+=(gateway-info)
+declare -A PORT=([direct]=$INV_PORT [gateway]=$GW_PORT [nginx]=$NGX_PORT [gateway-info]=$GWI_PORT)
+declare -A PROXY_PIDS=([direct]="" [gateway]="$GW_PID" [nginx]="${NGX_ALL[*]}" [gateway-info]="${GWI_PID:-}")
+RESULTS="$TMP/results"
+: >"$RESULTS"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for path in "${PATHS[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            url="http://127.0.0.1:${PORT[$t]}$path"
+            timeout 120 wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" --timeout 2s "$url" >/dev/null
+            read -r -a ppids <<<"${PROXY_PIDS[$t]}"
+            c0_inv=$(cpu_ticks "$INV_PID"); c0_px=$(cpu_ticks "${ppids[@]}")
+            out=$(timeout 300 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 2s --latency \
+                -s "$TMP/report.lua" "$url")
+            c1_inv=$(cpu_ticks "$INV_PID"); c1_px=$(cpu_ticks "${ppids[@]}")
+            line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "no wrk summary"; }
+            declare -A m=()
+            for kv in ${line#BENCH }; do m[${kv%%=*}]=${kv#*=}; done
+            n=${m[requests]}
+            # CPU microseconds per request (clock ticks of 10 ms).
+            inv_us=$(awk -v d=$((c1_inv - c0_inv)) -v n="$n" 'BEGIN {printf "%.1f", n ? d * 1e6 / 100 / n : 0}')
+            px_us=$(awk -v d=$((c1_px - c0_px)) -v n="$n" 'BEGIN {printf "%.1f", n ? d * 1e6 / 100 / n : 0}')
+            errors=$((m[connect] + m[read] + m[write] + m[timeout]))
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$path" "$round" \
+                "${m[rps]}" "${m[p50]}" "${m[p90]}" "${m[p99]}" "${m[status]}" "$errors" \
+                "$px_us" "$inv_us" "$n" >>"$RESULTS"
+            log "$(printf 'round %d %-13s %-28s %9.0f req/s  p50 %5d µs  p99 %6d µs  non-2xx %s  socket errors %s' \
+                "$round" "$t" "$path" "${m[rps]}" "${m[p50]}" "${m[p99]}" "${m[status]}" "$errors")"
+            unset m
+        done
+    done
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- 6. report
+col() { # target path column -> median over rounds
+    awk -F'\t' -v t="$1" -v p="$2" -v c="$3" '$1 == t && $2 == p {print $c}' "$RESULTS" | median
+}
+ms() { awk -v us="$1" 'BEGIN {printf "%.2f", us / 1000}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b ? a / b : 0}'; }
+label() {
+    case $1 in
+        direct) echo "inventory, direct" ;;
+        gateway) echo "gateway → inventory" ;;
+        nginx) echo "nginx → inventory" ;;
+        gateway-info) echo "gateway, FLOTILLA_LOG=info" ;;
+    esac
+}
+
+SECTION="$TMP/section.md"
+{
+    echo "## Gateway throughput: direct vs. gateway vs. nginx"
+    echo
+    echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), Linux $(uname -r), $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo) RAM"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates services cli 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- command: \`$COMMAND\`"
+    echo "- load: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency\` after a $WARMUP warm-up, $ROUNDS interleaved round(s) per target and path, medians shown; $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'), nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
+    echo "- setup: one inventory instance (SQLite, seeded) with FLOTILLA_LOG=warn; the gateway with FLOTILLA_LOG=warn and static discovery; nginx with \`worker_processes auto\`, \`access_log off\`, an upstream with \`keepalive 64\` (bench/nginx.conf.tmpl). Load average over 1/5/15 min: $LOAD_START at start, $LOAD_END at the end."
+    echo
+    for path in "${PATHS[@]}"; do
+        echo "### \`GET $path\`"
+        echo
+        echo "| target | req/s | p50 ms | p90 ms | p99 ms | non-2xx | socket errors | proxy CPU µs/req | inventory CPU µs/req |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for t in "${TARGETS[@]}"; do
+            pxc=$(col "$t" "$path" 10)
+            [[ $t == direct ]] && pxc="—"
+            printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$(label "$t")" \
+                "$(col "$t" "$path" 4)" "$(ms "$(col "$t" "$path" 5)")" "$(ms "$(col "$t" "$path" 6)")" \
+                "$(ms "$(col "$t" "$path" 7)")" "$(col "$t" "$path" 8)" "$(col "$t" "$path" 9)" \
+                "$pxc" "$(col "$t" "$path" 11)"
+        done
+        g=$(col gateway "$path" 4); n=$(col nginx "$path" 4); d=$(col direct "$path" 4)
+        echo
+        echo "Throughput ratios: gateway/nginx **$(ratio "$g" "$n")**, gateway/direct **$(ratio "$g" "$d")**, nginx/direct $(ratio "$n" "$d"). Proxy CPU per request: gateway/nginx $(ratio "$(col gateway "$path" 10)" "$(col nginx "$path" 10)")."
+        echo
+    done
+    cat <<'EOF'
+"proxy CPU µs/req" is the CPU time (user + system, from `/proc/<pid>/stat`) the proxy
+process(es) used during the measured run divided by the requests served; unlike req/s it
+does not depend much on who else was using the cores.
+
+EOF
+    p0=${PATHS[0]}
+    g=$(col gateway "$p0" 4); n=$(col nginx "$p0" 4); d=$(col direct "$p0" 4)
+    gc=$(col gateway "$p0" 10); nc=$(col nginx "$p0" 10); ic=$(col direct "$p0" 11)
+    gi=""; [[ $GATEWAY_INFO == 1 ]] && gi=$(col gateway-info "$p0" 10)
+    busy=""
+    if awk -v l="${LOAD_START%% *}" -v c="$(nproc)" 'BEGIN {exit !(l > c / 2)}'; then
+        busy=" (and the load average shows that other work was running on the machine too)"
+    fi
+    info=""
+    [[ -n $gi ]] && info=" With \`FLOTILLA_LOG=info\` (the default filter) the gateway also builds OpenTelemetry spans and costs ${gi} µs of CPU per request."
+    cmp=$(awk -v r="$(ratio "$g" "$n")" 'BEGIN {print (r < 0.95) ? "below" : (r > 1.05) ? "above" : "level with"}')
+    cat <<EOF
+**Where the gateway stands.** On \`GET $p0\` the gateway served $(ratio "$g" "$n")× nginx's
+throughput ($cmp it) and $(ratio "$g" "$d")× the throughput of calling inventory directly, while it
+spent $(ratio "$gc" "$nc")× nginx's CPU per request (${gc} µs against ${nc} µs). The throughput figures
+are contended and noisy: wrk, inventory and the proxy share the same $(nproc) cores$busy, so whoever is cheaper per
+request leaves more CPU to the others, and the direct figure is a ceiling no proxy here can
+reach. Inventory itself is the largest consumer (${ic} µs of CPU per request when called
+directly), which is why the proxies' req/s stay close to it. The per-request CPU is the
+fairer measure, and there the gateway pays for what it does on every request: five
+\`from_fn\` middleware layers (request id with a fresh UUIDv7, a server span, RED metrics
+with per-request label \`String\`s, deadline propagation, fault injection), a second request
+built with cloned headers and a formatted URI, retry/breaker/bulkhead bookkeeping, and a
+hand-off between the request task and hyper's pooled-connection task for every upstream
+call; nginx does the same forwarding in one event loop with almost no allocation.$info
+EOF
+} >"$SECTION"
+
+echo
+cat "$SECTION"
+update_section gateway "$SECTION"
+log "updated $DOC (section bench:gateway)"
+
+# ---------------------------------------------------------------- 7. footprint
+if [[ ${BENCH_FOOTPRINT:-1} == 1 ]]; then
+    # Stop our targets first so they do not share the machine with `flotilla up`.
+    if [[ -n $NGINX_PREFIX && -f $NGINX_PREFIX/nginx.pid ]]; then
+        nginx -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" -s stop 2>/dev/null || true
+    fi
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+    NGINX_PREFIX=""
+    BENCH_DOC="$DOC" FOOTPRINT_VIA="$COMMAND" BENCH_NO_BUILD=1 bench/footprint.sh
+fi

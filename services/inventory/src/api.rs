@@ -1,16 +1,18 @@
-//! Inventory's public HTTP API: the catalog read path.
+//! Inventory's public HTTP API: the catalog (public reads, admin writes).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use garde::Validate;
+use http::StatusCode;
 use kit::Problem;
 use kit::extract::Query;
+use kit::security::Identity;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Product, Sku, decode_cursor, encode_cursor};
+use crate::domain::{Product, Sku, decode_cursor, encode_cursor, is_currency};
 use crate::store::{CatalogError, CatalogStore};
 
 /// Shared state of the handlers.
@@ -23,8 +25,9 @@ pub struct AppState {
 /// The public routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/products", get(list_products))
+        .route("/api/products", get(list_products).post(create_product))
         .route("/api/products/{sku}", get(get_product))
+        .route("/api/products/{sku}/stock", put(set_stock))
         .with_state(state)
 }
 
@@ -82,11 +85,106 @@ fn default_limit() -> u32 {
 }
 
 fn store_failed(e: CatalogError) -> Problem {
-    tracing::error!(error = %e, "catalog store failed");
-    Problem::unavailable(
-        "the catalog store is unavailable",
-        std::time::Duration::from_secs(1),
-    )
+    match e {
+        CatalogError::Exists(_) | CatalogError::BelowReserved { .. } => {
+            Problem::conflict(e.to_string())
+        }
+        CatalogError::NotFound(_) => Problem::not_found(e.to_string()),
+        CatalogError::Backend(_) => {
+            tracing::error!(error = %e, "catalog store failed");
+            Problem::unavailable(
+                "the catalog store is unavailable",
+                std::time::Duration::from_secs(1),
+            )
+        }
+    }
+}
+
+/// The largest price and stock accepted: far beyond any real product, far below
+/// where sums of them could overflow.
+const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+fn valid_currency(value: &str, _: &()) -> garde::Result {
+    if is_currency(value) {
+        Ok(())
+    } else {
+        Err(garde::Error::new(
+            "an ISO 4217 code: three upper-case letters",
+        ))
+    }
+}
+
+/// `POST /api/products` body.
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    /// 2–64 of `A-Z`, `0-9`, `-`.
+    #[garde(skip)]
+    pub sku: Sku,
+    /// Display name.
+    #[garde(length(chars, min = 1, max = 200))]
+    pub name: String,
+    /// Description.
+    #[garde(length(chars, max = 4000))]
+    #[serde(default)]
+    pub description: String,
+    /// Unit price in minor units.
+    #[garde(range(min = 0, max = MAX_AMOUNT))]
+    pub price_cents: i64,
+    /// ISO 4217 currency.
+    #[garde(custom(valid_currency))]
+    pub currency: String,
+    /// Units on hand.
+    #[garde(range(min = 0, max = MAX_AMOUNT))]
+    pub stock: i64,
+}
+
+/// `PUT /api/products/{sku}/stock` body.
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct StockUpdate {
+    /// Units on hand (including reserved ones).
+    #[garde(range(min = 0, max = MAX_AMOUNT))]
+    pub stock: i64,
+}
+
+async fn create_product(
+    caller: Identity,
+    State(state): State<AppState>,
+    kit::extract::Json(body): kit::extract::Json<NewProduct>,
+) -> Result<(StatusCode, Json<ProductView>), Problem> {
+    caller.require_role("admin")?;
+    let product = Product {
+        sku: body.sku,
+        name: body.name,
+        description: body.description,
+        price_cents: body.price_cents,
+        currency: body.currency,
+        stock: body.stock,
+        reserved: 0,
+        sold: 0,
+    };
+    let created = state.store.create(product).await.map_err(store_failed)?;
+    tracing::info!(sku = %created.sku, by = %caller.user_id, "product created");
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+async fn set_stock(
+    caller: Identity,
+    State(state): State<AppState>,
+    Path(sku): Path<String>,
+    kit::extract::Json(body): kit::extract::Json<StockUpdate>,
+) -> Result<Json<ProductView>, Problem> {
+    caller.require_role("admin")?;
+    let sku =
+        Sku::parse(&sku).map_err(|_| Problem::not_found(format!("no product with SKU {sku:?}")))?;
+    let updated = state
+        .store
+        .set_stock(sku, body.stock)
+        .await
+        .map_err(store_failed)?;
+    tracing::info!(sku = %updated.sku, stock = updated.stock, by = %caller.user_id, "stock set");
+    Ok(Json(updated.into()))
 }
 
 async fn list_products(

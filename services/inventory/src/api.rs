@@ -31,8 +31,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The OpenAPI description of these routes, served on the admin listener at
+/// `/openapi.json` and merged into the gateway's.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "inventory",
+        description = "The product catalog and its stock."
+    ),
+    paths(list_products, get_product, create_product, set_stock),
+    components(schemas(ProductView, ProductPage, NewProduct, StockUpdate))
+)]
+pub struct ApiDoc;
+
 /// A product as clients see it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ProductView {
     /// SKU.
     pub sku: String,
@@ -63,7 +76,7 @@ impl From<Product> for ProductView {
 }
 
 /// `GET /api/products` answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductPage {
     /// This page.
     pub items: Vec<ProductView>,
@@ -115,11 +128,12 @@ fn valid_currency(value: &str, _: &()) -> garde::Result {
 }
 
 /// `POST /api/products` body.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// 2–64 of `A-Z`, `0-9`, `-`.
     #[garde(skip)]
+    #[schema(value_type = String, pattern = "^[A-Z0-9][A-Z0-9-]{1,63}$")]
     pub sku: Sku,
     /// Display name.
     #[garde(length(chars, min = 1, max = 200))]
@@ -130,24 +144,39 @@ pub struct NewProduct {
     pub description: String,
     /// Unit price in minor units.
     #[garde(range(min = 0, max = MAX_AMOUNT))]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price_cents: i64,
     /// ISO 4217 currency.
     #[garde(custom(valid_currency))]
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
     /// Units on hand.
     #[garde(range(min = 0, max = MAX_AMOUNT))]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub stock: i64,
 }
 
 /// `PUT /api/products/{sku}/stock` body.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockUpdate {
     /// Units on hand (including reserved ones).
     #[garde(range(min = 0, max = MAX_AMOUNT))]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub stock: i64,
 }
 
+/// Adds a product (administrators).
+#[utoipa::path(post, path = "/api/products", tag = "inventory",
+    request_body = NewProduct,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = ProductView),
+        (status = 401, description = "No access token (problem document)"),
+        (status = 403, description = "Not an administrator (problem document)"),
+        (status = 409, description = "The SKU exists (problem document)"),
+        (status = 422, description = "Invalid fields, each named (problem document)"),
+    ))]
 async fn create_product(
     caller: Identity,
     State(state): State<AppState>,
@@ -169,6 +198,19 @@ async fn create_product(
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
+/// Sets the units on hand of a product (administrators).
+#[utoipa::path(put, path = "/api/products/{sku}/stock", tag = "inventory",
+    params(("sku" = String, Path, description = "The SKU")),
+    request_body = StockUpdate,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 401, description = "No access token (problem document)"),
+        (status = 403, description = "Not an administrator (problem document)"),
+        (status = 404, description = "No such product (problem document)"),
+        (status = 409, description = "Below the reserved units (problem document)"),
+        (status = 422, description = "Invalid stock (problem document)"),
+    ))]
 async fn set_stock(
     caller: Identity,
     State(state): State<AppState>,
@@ -187,6 +229,16 @@ async fn set_stock(
     Ok(Json(updated.into()))
 }
 
+/// One page of the catalog, in SKU order.
+#[utoipa::path(get, path = "/api/products", tag = "inventory",
+    params(
+        ("limit" = Option<u32>, Query, description = "1-100, default 20", minimum = 1, maximum = 100),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 422, description = "Invalid limit or cursor (problem document)"),
+    ))]
 async fn list_products(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -215,6 +267,13 @@ async fn list_products(
     }))
 }
 
+/// One product.
+#[utoipa::path(get, path = "/api/products/{sku}", tag = "inventory",
+    params(("sku" = String, Path, description = "The SKU")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "No such product (problem document)"),
+    ))]
 async fn get_product(
     State(state): State<AppState>,
     Path(sku): Path<String>,

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 struct TestApp {
     base: String,
+    admin: String,
     grpc: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -24,6 +25,7 @@ async fn spawn_inventory() -> TestApp {
     let ctx = Context::new("inventory", config).unwrap();
     let service = inventory::build(ctx).await.unwrap();
     let base = format!("http://{}", service.public_addr());
+    let admin = format!("http://{}", service.admin_addr());
     let grpc = format!("http://{}", service.grpc_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(service.run_until(async move {
@@ -31,6 +33,7 @@ async fn spawn_inventory() -> TestApp {
     }));
     TestApp {
         base,
+        admin,
         grpc,
         http: reqwest::Client::new(),
         _dir: dir,
@@ -402,5 +405,27 @@ async fn grpc_serves_health() {
             .unwrap()
             .into_inner();
         assert_eq!(res.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+}
+
+#[tokio::test]
+async fn describes_its_api_in_openapi_on_the_admin_listener() {
+    let app = spawn_inventory().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    for path in [
+        "/api/products",
+        "/api/products/{sku}",
+        "/api/products/{sku}/stock",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing: {doc}");
     }
 }

@@ -17,8 +17,18 @@ pub fn router(payments: Payments) -> Router {
         .with_state(payments)
 }
 
+/// The OpenAPI description of these routes, served on the admin listener at
+/// `/openapi.json` and merged into the gateway's.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "payments", description = "The payments ledger."),
+    paths(get_payment),
+    components(schemas(PaymentView, Status))
+)]
+pub struct ApiDoc;
+
 /// A payment as clients see it (never card data beyond the last four digits).
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PaymentView {
     /// UUIDv7.
     pub id: String,
@@ -53,6 +63,15 @@ impl From<Payment> for PaymentView {
     }
 }
 
+/// One payment, for its owner or an administrator.
+#[utoipa::path(get, path = "/api/payments/{id}", tag = "payments",
+    params(("id" = String, Path, description = "The payment id (UUIDv7)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 401, description = "No access token (problem document)"),
+        (status = 404, description = "Unknown or not the caller's (problem document)"),
+    ))]
 async fn get_payment(
     caller: Identity,
     State(payments): State<Payments>,

@@ -138,7 +138,7 @@ impl Card {
 }
 
 /// Where a payment is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Being authorized with the provider (a placeholder that keeps a concurrent

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 struct TestApp {
     base: String,
+    admin: String,
     grpc: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -26,6 +27,7 @@ async fn spawn_payments() -> TestApp {
     let ctx = Context::new("payments", config).unwrap();
     let service = payments::build(ctx).await.unwrap();
     let base = format!("http://{}", service.public_addr());
+    let admin = format!("http://{}", service.admin_addr());
     let grpc = format!("http://{}", service.grpc_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(service.run_until(async move {
@@ -33,6 +35,7 @@ async fn spawn_payments() -> TestApp {
     }));
     TestApp {
         base,
+        admin,
         grpc,
         http: reqwest::Client::new(),
         _dir: dir,
@@ -227,4 +230,20 @@ async fn payments_are_read_by_their_owner_or_an_admin() {
             .0,
         404
     );
+}
+
+#[tokio::test]
+async fn describes_its_api_in_openapi_on_the_admin_listener() {
+    let app = spawn_payments().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    assert!(doc["paths"]["/api/payments/{id}"].is_object(), "{doc}");
 }

@@ -3,13 +3,14 @@
 use std::process::ExitCode;
 
 /// Every service, registry first (others register with it), gateway last.
-pub const NAMES: &[&str] = &["registry", "inventory", "gateway"];
+pub const NAMES: &[&str] = &["registry", "inventory", "payments", "gateway"];
 
 /// Runs one service in the foreground until SIGINT/SIGTERM.
 pub fn run(name: &str) -> ExitCode {
     match name {
         "registry" => kit::service::main("registry", registry::run),
         "inventory" => kit::service::main("inventory", inventory::run),
+        "payments" => kit::service::main("payments", payments::run),
         "gateway" => kit::service::main("gateway", gateway::run),
         other => {
             eprintln!("unknown service {other:?}; expected one of {NAMES:?}");

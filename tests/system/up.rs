@@ -232,3 +232,51 @@ async fn bad_configuration_names_the_setting() {
     assert_eq!(out.status.code(), Some(69), "unreachable store");
     assert!(String::from_utf8_lossy(&out.stderr).contains("FLOTILLA_INVENTORY__STORE"));
 }
+
+#[tokio::test]
+async fn the_gateway_publishes_one_openapi_document_covering_every_route() {
+    let sys = System::start().await;
+    // Instances appear in the gateway's view as discovery reports them: poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let doc = loop {
+        let doc: Value = sys
+            .http
+            .get(format!("{}/openapi.json", sys.gateway))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let missing = doc["x-flotilla-unavailable"].as_array().map_or(0, Vec::len);
+        if missing == 0 || Instant::now() > deadline {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    assert_eq!(
+        doc["x-flotilla-unavailable"],
+        serde_json::json!([]),
+        "{doc}"
+    );
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for route in gateway::routes::default_routes() {
+        assert!(
+            paths
+                .iter()
+                .any(|p| *p == &route.prefix || p.starts_with(&format!("{}/", route.prefix))),
+            "route {} is not in the document: {paths:?}",
+            route.prefix
+        );
+    }
+    let docs = sys
+        .http
+        .get(format!("{}/docs", sys.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("/openapi.json"));
+    // Stopping is covered by the test above; dropping `sys` stops this system.
+}

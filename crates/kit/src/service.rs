@@ -189,6 +189,8 @@ pub struct Service {
     body_limit: usize,
     checks: Vec<(String, ReadinessCheck)>,
     register: bool,
+    metadata: BTreeMap<String, String>,
+    grpc: Option<(TcpListener, Router)>,
 }
 
 impl std::fmt::Debug for Service {
@@ -233,6 +235,8 @@ impl Service {
             body_limit: DEFAULT_BODY_LIMIT,
             checks: Vec::new(),
             register: true,
+            metadata: BTreeMap::new(),
+            grpc: None,
         })
     }
 
@@ -274,6 +278,34 @@ impl Service {
         self
     }
 
+    /// Adds `key = value` to the metadata this instance registers with discovery.
+    pub fn metadata(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Binds a third listener for the service's internal gRPC API (`grpc_listen`,
+    /// port 0 picks a free port) and serves `routes` there (HTTP/2 with prior knowledge,
+    /// as gRPC clients speak it). The address is advertised as `metadata.grpc_addr`, and
+    /// the listener stops and drains with the others. `routes` is a tonic router turned
+    /// into an axum one (`tonic::service::Routes::into_axum_router`), so the kit itself
+    /// stays free of gRPC code.
+    pub async fn grpc(mut self, listen: SocketAddr, routes: Router) -> Result<Self, StartError> {
+        let listener = bind(listen, self.ctx.setting("grpc_listen")).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        self.metadata
+            .insert("grpc_addr".to_owned(), advertised(addr));
+        self.grpc = Some((listener, routes));
+        Ok(self)
+    }
+
+    /// The bound gRPC address, if [`Service::grpc`] was called.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Does not register with discovery (the registry itself, tools).
     pub fn without_registration(mut self) -> Self {
         self.register = false;
@@ -307,6 +339,8 @@ impl Service {
             body_limit,
             checks,
             register,
+            metadata: extra_metadata,
+            grpc,
         } = self;
         let public_addr = public
             .local_addr()
@@ -324,7 +358,11 @@ impl Service {
             (true, true) => {
                 let client = RegistryClient::from_url(&ctx.common.discovery, "FLOTILLA_DISCOVERY")?;
                 let version = ctx.common.version.clone();
-                let metadata = move || instance_metadata(admin_addr, &version, started);
+                let metadata = move || {
+                    let mut m = instance_metadata(admin_addr, &version, started);
+                    m.extend(extra_metadata.clone());
+                    m
+                };
                 Some(
                     Registration::start(
                         client,
@@ -351,6 +389,9 @@ impl Service {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grace = ctx.common.shutdown_grace;
         let public_task = tokio::spawn(serve(public, public_app, stop_rx.clone(), grace));
+        let grpc_task = grpc.map(|(listener, routes)| {
+            tokio::spawn(serve(listener, routes, stop_rx.clone(), grace))
+        });
         let admin_task = tokio::spawn(serve(admin, admin_app, stop_rx, grace));
 
         shutdown.await;
@@ -362,6 +403,9 @@ impl Service {
         let _ = stop_tx.send(true);
         let _ = public_task.await;
         let _ = admin_task.await;
+        if let Some(task) = grpc_task {
+            let _ = task.await;
+        }
         tracing::info!("{} stopped", ctx.name);
         Ok(())
     }

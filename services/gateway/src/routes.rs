@@ -57,7 +57,10 @@ impl RouteConfig {
 
 /// The routes `flotilla up` serves by default.
 pub fn default_routes() -> Vec<RouteConfig> {
-    vec![RouteConfig::new("/api/products", "inventory")]
+    vec![
+        RouteConfig::new("/api/products", "inventory"),
+        RouteConfig::new("/api/payments", "payments"),
+    ]
 }
 
 /// Checks a route table; the error names the offending route.

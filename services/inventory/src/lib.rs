@@ -1,14 +1,18 @@
-//! Inventory: the product catalog and its stock.
+//! Inventory: the product catalog, its stock, and reservations for orders in flight.
 //!
-//! Data flows one way: [`api`] parses and validates, [`domain`] holds the rules,
-//! [`store`] persists (SQLite by default, Redis in production).
+//! Data flows one way: [`api`] (public REST) and [`grpc`] (internal, for the order saga)
+//! parse and validate, [`domain`] holds the rules, [`store`] persists (SQLite by
+//! default, Redis in production). A background sweeper expires reservations past their
+//! TTL, returning their stock.
 
 pub mod api;
 pub mod domain;
+pub mod grpc;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kit::service::{Context, Service, StartError};
 use serde::Deserialize;
@@ -21,6 +25,16 @@ pub struct InventoryConfig {
     pub listen: SocketAddr,
     /// Admin listener (`FLOTILLA_INVENTORY__ADMIN_LISTEN`).
     pub admin_listen: SocketAddr,
+    /// Internal gRPC listener (`FLOTILLA_INVENTORY__GRPC_LISTEN`), advertised as
+    /// `metadata.grpc_addr`.
+    pub grpc_listen: SocketAddr,
+    /// How long a reservation holds stock before it expires
+    /// (`FLOTILLA_INVENTORY__RESERVATION_TTL`, e.g. `15m`).
+    #[serde(with = "kit::config::duration")]
+    pub reservation_ttl: Duration,
+    /// How often expired reservations are swept (`FLOTILLA_INVENTORY__SWEEP_INTERVAL`).
+    #[serde(with = "kit::config::duration")]
+    pub sweep_interval: Duration,
     /// Store URL (`FLOTILLA_INVENTORY__STORE`): `sqlite://…` (default
     /// `<data dir>/inventory/inventory.db`) or `redis://…`.
     pub store: Option<String>,
@@ -35,6 +49,9 @@ impl Default for InventoryConfig {
         Self {
             listen: ([127, 0, 0, 1], 0).into(),
             admin_listen: ([127, 0, 0, 1], 0).into(),
+            grpc_listen: ([127, 0, 0, 1], 0).into(),
+            reservation_ttl: Duration::from_secs(15 * 60),
+            sweep_interval: Duration::from_secs(1),
             store: None,
             redis_prefix: "flotilla:inventory:".to_owned(),
             seed: false,
@@ -47,7 +64,8 @@ pub async fn run(ctx: Context) -> Result<(), StartError> {
     build(ctx).await?.run_until_stopped().await
 }
 
-/// Opens the store, seeds it if asked, and binds the listeners.
+/// Opens the store, seeds it if asked, starts the reservation sweeper, and binds the
+/// public, admin and gRPC listeners.
 pub async fn build(ctx: Context) -> Result<Service, StartError> {
     let cfg: InventoryConfig = ctx.config.section("inventory")?;
     let url = cfg.store.clone().unwrap_or_else(|| {
@@ -70,10 +88,21 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
             tracing::info!(products = added, "seeded the demo catalog");
         }
     }
+    tokio::spawn(sweep(store.clone(), cfg.sweep_interval));
+    let grpc_routes = proto::grpc_extras(
+        tonic::service::Routes::new(grpc::InventoryGrpc::new(store.clone(), cfg.reservation_ttl)),
+        &[grpc::SERVICE_NAME],
+    )
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))?;
     let ready = store.clone();
-    let service = Service::bind(&ctx, cfg.listen, cfg.admin_listen).await?;
+    let service = Service::bind(&ctx, cfg.listen, cfg.admin_listen)
+        .await?
+        .grpc(cfg.grpc_listen, grpc_routes.into_axum_router())
+        .await?;
     Ok(service
         .router(api::router(api::AppState { store }))
+        .admin_routes(openapi_route::<api::ApiDoc>())
         .readiness(
             "store",
             Arc::new(move || {
@@ -81,4 +110,28 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
                 Box::pin(async move { s.ping().await.map_err(|e| e.to_string()) })
             }),
         ))
+}
+
+/// Expires reservations past their TTL every `interval`, for as long as the process runs.
+async fn sweep(store: Arc<dyn store::CatalogStore>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store::expire_due(store.as_ref(), domain::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired reservations returned their stock"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired reservations failed"),
+        }
+    }
+}
+
+/// `GET /openapi.json` on the admin listener: this service's public API, generated from
+/// the code.
+fn openapi_route<D: utoipa::OpenApi>() -> axum::Router {
+    let doc = D::openapi();
+    axum::Router::new().route(
+        "/openapi.json",
+        axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
+    )
 }

@@ -1,11 +1,15 @@
-//! Inventory's HTTP behaviour against the real service and a real SQLite store.
+//! Inventory's HTTP and gRPC behaviour against the real service and a real SQLite store.
 
 use kit::config::Config;
 use kit::service::Context;
+use proto::inventory::inventory_client::InventoryClient;
+use proto::inventory::{CommitRequest, Line, ReleaseRequest, ReservationStatus, ReserveRequest};
 use serde_json::{Value, json};
 
 struct TestApp {
     base: String,
+    admin: String,
+    grpc: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -21,12 +25,16 @@ async fn spawn_inventory() -> TestApp {
     let ctx = Context::new("inventory", config).unwrap();
     let service = inventory::build(ctx).await.unwrap();
     let base = format!("http://{}", service.public_addr());
+    let admin = format!("http://{}", service.admin_addr());
+    let grpc = format!("http://{}", service.grpc_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(service.run_until(async move {
         let _ = stopped.await;
     }));
     TestApp {
         base,
+        admin,
+        grpc,
         http: reqwest::Client::new(),
         _dir: dir,
         _stop: stop,
@@ -34,6 +42,31 @@ async fn spawn_inventory() -> TestApp {
 }
 
 impl TestApp {
+    async fn inventory(&self) -> InventoryClient<tonic::transport::Channel> {
+        InventoryClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        roles: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body);
+        if let Some(roles) = roles {
+            req = req
+                .header("x-flotilla-user-id", "u-1")
+                .header("x-flotilla-roles", roles);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
     async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.base))
@@ -153,4 +186,246 @@ async fn echoes_request_ids_and_continues_traces() {
         36,
         "generated when absent"
     );
+}
+
+fn new_product(sku: &str, stock: i64) -> Value {
+    json!({"sku": sku, "name": "Buoy", "description": "Orange.", "price_cents": 1500, "currency": "EUR", "stock": stock})
+}
+
+#[tokio::test]
+async fn admins_create_products_and_set_stock() {
+    let app = spawn_inventory().await;
+    let post = reqwest::Method::POST;
+    let put = reqwest::Method::PUT;
+    let p = new_product("NEW-1", 7);
+    assert_eq!(
+        app.send(post.clone(), "/api/products", None, p.clone())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        app.send(post.clone(), "/api/products", Some("customer"), p.clone())
+            .await
+            .0,
+        403
+    );
+    let (status, body) = app
+        .send(post.clone(), "/api/products", Some("admin"), p.clone())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["available"], 7);
+    assert_eq!(
+        app.send(post.clone(), "/api/products", Some("admin"), p)
+            .await
+            .0,
+        409
+    );
+    assert_eq!(app.get("/api/products/NEW-1").await.status(), 200);
+
+    let (status, body) = app
+        .send(
+            put.clone(),
+            "/api/products/NEW-1/stock",
+            Some("admin"),
+            json!({"stock": 3}),
+        )
+        .await;
+    assert_eq!((status, body["available"].clone()), (200, json!(3)));
+    assert_eq!(
+        app.send(
+            put.clone(),
+            "/api/products/NEW-1/stock",
+            Some("customer"),
+            json!({"stock": 3})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        app.send(
+            put.clone(),
+            "/api/products/NOPE-9/stock",
+            Some("admin"),
+            json!({"stock": 3})
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn invalid_admin_input_names_the_field() {
+    let app = spawn_inventory().await;
+    let post = reqwest::Method::POST;
+    let mut cases = Vec::new();
+    for (field, value) in [
+        ("sku", json!("bad sku")),
+        ("price_cents", json!(-1)),
+        ("price_cents", json!(9_000_000_000_000_000_i64)),
+        ("currency", json!("eur")),
+        ("stock", json!(-5)),
+        ("name", json!("")),
+    ] {
+        let mut p = new_product("OK-1", 1);
+        p[field] = value;
+        cases.push((post.clone(), "/api/products", p, field));
+    }
+    cases.push((
+        reqwest::Method::PUT,
+        "/api/products/FLT-BOAT-001/stock",
+        json!({"stock": -1}),
+        "stock",
+    ));
+    for (method, path, body, field) in cases {
+        let (status, problem) = app.send(method, path, Some("admin"), body.clone()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
+    }
+}
+
+#[tokio::test]
+async fn reserve_commit_release_over_grpc_are_idempotent() {
+    let app = spawn_inventory().await;
+    let mut client = app.inventory().await;
+    let reserve = |order: &str, qty: u32| ReserveRequest {
+        order_id: order.into(),
+        items: vec![Line {
+            sku: "FLT-BOAT-001".into(),
+            quantity: qty,
+        }],
+    };
+    // Reserve twice: one hold.
+    let first = client
+        .reserve(reserve("o-1", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .reserve(reserve("o-1", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again);
+    assert_eq!(first.status, ReservationStatus::Reserved as i32);
+    let p: Value = app
+        .get("/api/products/FLT-BOAT-001")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["available"], 3);
+
+    // Commit twice: one sale; release after commit refused.
+    let c1 = client
+        .commit(CommitRequest {
+            order_id: "o-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c2 = client
+        .commit(CommitRequest {
+            order_id: "o-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c1, c2);
+    assert_eq!(c1.status, ReservationStatus::Committed as i32);
+    let err = client
+        .release(ReleaseRequest {
+            order_id: "o-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // Release twice: stock back once.
+    client.reserve(reserve("o-2", 3)).await.unwrap();
+    let r1 = client
+        .release(ReleaseRequest {
+            order_id: "o-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r2 = client
+        .release(ReleaseRequest {
+            order_id: "o-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r1, r2);
+    assert_eq!(r1.status, ReservationStatus::Released as i32);
+    let p: Value = app
+        .get("/api/products/FLT-BOAT-001")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["available"], 3);
+
+    // Refusals.
+    let err = client.reserve(reserve("o-3", 4)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let err = client.reserve(reserve("o-3", 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("items[0].quantity"), "{err}");
+    let err = client
+        .commit(CommitRequest {
+            order_id: "o-none".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn grpc_serves_health() {
+    use proto::tonic_health::pb::health_client::HealthClient;
+    use proto::tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let app = spawn_inventory().await;
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(app.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for service in ["", "flotilla.inventory.v1.Inventory"] {
+        let res = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(res.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+}
+
+#[tokio::test]
+async fn describes_its_api_in_openapi_on_the_admin_listener() {
+    let app = spawn_inventory().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    for path in [
+        "/api/products",
+        "/api/products/{sku}",
+        "/api/products/{sku}/stock",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing: {doc}");
+    }
 }

@@ -1,9 +1,11 @@
-//! Storage plumbing: connection pools and migrations per backend, chosen by URL.
+//! Storage plumbing: connection pools and migrations per backend (SQLite, MariaDB/MySQL,
+//! Redis), chosen by URL.
 //!
 //! Each service owns its store (database per service); this module only opens
 //! connections, applies the service's own versioned migrations at start, and turns
 //! connection failures into errors that name the setting, with credentials redacted.
 
+pub mod mysql;
 pub mod redis;
 pub mod sqlite;
 

@@ -11,8 +11,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::{Migration, StoreError};
 
+/// Migrations compiled into the binary, as sqlx sees them (shared by every SQL backend).
 #[derive(Debug)]
-struct Embedded(&'static [Migration]);
+pub(crate) struct Embedded(pub(crate) &'static [Migration]);
 
 impl MigrationSource<'static> for Embedded {
     fn resolve(

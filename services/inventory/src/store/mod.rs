@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
 
-use crate::domain::{Product, Sku};
+use crate::domain::{Action, Line, Product, Reservation, ReservationError, Sku};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,26 @@ pub enum CatalogError {
     /// The backend failed (connection lost, timeout, bad data).
     #[error("inventory store: {0}")]
     Backend(String),
+    /// A product with this SKU exists already.
+    #[error("a product with SKU {0} exists")]
+    Exists(Sku),
+    /// No product with this SKU.
+    #[error("no product with SKU {0}")]
+    NotFound(Sku),
+    /// The new stock is below what is held for orders in flight.
+    #[error("{reserved} units of {sku} are reserved; stock cannot go below that")]
+    BelowReserved {
+        /// The SKU.
+        sku: Sku,
+        /// Units reserved now.
+        reserved: i64,
+    },
+}
+
+impl From<CatalogError> for ReservationError {
+    fn from(e: CatalogError) -> Self {
+        ReservationError::Backend(e.to_string())
+    }
 }
 
 impl From<sqlx::Error> for CatalogError {
@@ -49,6 +69,61 @@ pub trait CatalogStore: Send + Sync + 'static {
     fn seed_once(&self, products: Vec<Product>) -> BoxFuture<'_, Result<usize, CatalogError>>;
     /// Checks the backend answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), CatalogError>>;
+    /// Adds a new product (its `reserved` and `sold` start at 0).
+    fn create(&self, product: Product) -> BoxFuture<'_, Result<Product, CatalogError>>;
+    /// Sets the units on hand of a product; refused below its reserved units.
+    fn set_stock(&self, sku: Sku, stock: i64) -> BoxFuture<'_, Result<Product, CatalogError>>;
+
+    /// Holds stock for every line, or for none (atomically, without overselling under
+    /// any concurrency). An order that already has a reservation gets it back unchanged
+    /// when the lines are equal ([`ReservationError::Mismatch`] otherwise). `lines` come
+    /// from [`crate::domain::normalize_request`].
+    fn reserve(
+        &self,
+        order_id: String,
+        lines: Vec<Line>,
+        expires_at_ms: i64,
+    ) -> BoxFuture<'_, Result<Reservation, ReservationError>>;
+    /// Applies `action` to the order's reservation following
+    /// [`crate::domain::decide`]; `None` only for an expiry with nothing to expire.
+    fn finish(
+        &self,
+        order_id: String,
+        action: Action,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>>;
+    /// The order's reservation.
+    fn reservation(
+        &self,
+        order_id: String,
+    ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>>;
+    /// Up to `limit` order ids whose held reservations expired by `now_ms`.
+    fn due(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<String>, ReservationError>>;
+}
+
+/// Expires every held reservation past its TTL, returning their stock; returns how
+/// many expired. Run periodically by the service.
+pub async fn expire_due(store: &dyn CatalogStore, now_ms: i64) -> Result<usize, ReservationError> {
+    let mut expired = 0;
+    loop {
+        let due = store.due(now_ms, 100).await?;
+        if due.is_empty() {
+            return Ok(expired);
+        }
+        let mut batch = 0;
+        for order_id in due {
+            if let Some(r) = store.finish(order_id, Action::Expire, now_ms).await?
+                && r.status == crate::domain::ReservationStatus::Expired
+            {
+                batch += 1;
+            }
+        }
+        expired += batch;
+        // A batch that expired nothing would come back the same: stop rather than spin.
+        if batch == 0 {
+            return Ok(expired);
+        }
+    }
 }
 
 /// Opens the store a URL names.

@@ -1,7 +1,15 @@
 //! Redis backend (production). Layout under a key prefix (default `flotilla:inventory:`):
 //! `product:{sku}` is a hash of the product's fields; `skus` is a sorted set of every SKU
 //! (all scores 0, so it orders lexicographically and pages with `ZRANGE … BYLEX`);
-//! `seeded` marks that the demo catalog was added once.
+//! `seeded` marks that the demo catalog was added once; `reservation:{order_id}` is a hash
+//! (`status`, `expires_at`, `lines` as JSON); `due` is a sorted set of held reservations
+//! scored by expiry.
+//!
+//! Every change that must not interleave with another (create, set stock, reserve, a
+//! reservation's transition) is one Lua script, which Redis runs atomically: that is
+//! what prevents overselling. Transitions are decided in Rust by
+//! [`crate::domain::decide`] and applied by a script that checks the reservation is
+//! still held (compare-and-set), retrying after a lost race.
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
@@ -9,7 +17,9 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use super::{CatalogError, CatalogStore};
-use crate::domain::{Product, Sku};
+use crate::domain::{
+    Action, Line, Product, Reservation, ReservationError, ReservationStatus, Sku, Step, decide,
+};
 
 /// Products in Redis.
 #[derive(Clone)]
@@ -43,6 +53,64 @@ end
 return added
 ";
 
+/// Creates a product unless its SKU exists: KEYS[1] the product, KEYS[2] the SKU set.
+const CREATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'sku', ARGV[1], 'name', ARGV[2], 'description', ARGV[3],
+  'price_cents', ARGV[4], 'currency', ARGV[5], 'stock', ARGV[6], 'reserved', 0, 'sold', 0)
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+";
+
+/// Sets the stock of KEYS[1] to ARGV[1]: -1 if unknown, the reserved units (>= 0) if
+/// the new stock is below them, else -2.
+const SET_STOCK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved'))
+if tonumber(ARGV[1]) < reserved then return reserved end
+redis.call('HSET', KEYS[1], 'stock', ARGV[1])
+return -2
+";
+
+/// Holds every line or none. KEYS[1] the reservation, KEYS[2] the due set, KEYS[3..]
+/// the products; ARGV[1] order id, ARGV[2] expiry, ARGV[3] lines JSON, ARGV[4..] the
+/// quantities. Answers {'ok'}, {'exists'}, {'unknown', i} or {'insufficient', i}.
+const RESERVE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+for i = 3, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'stock', 'reserved')
+  if not v[1] then return {'unknown', tostring(i - 3)} end
+  if tonumber(v[1]) - tonumber(v[2]) < tonumber(ARGV[i + 1]) then
+    return {'insufficient', tostring(i - 3)}
+  end
+end
+for i = 3, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'status', 'reserved', 'expires_at', ARGV[2], 'lines', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return {'ok'}
+";
+
+/// Moves a held reservation to ARGV[2], if it is still held (else 0). KEYS as in
+/// RESERVE; ARGV[1] order id, ARGV[3..] the quantities.
+const TRANSITION: &str = r"
+if redis.call('HGET', KEYS[1], 'status') ~= 'reserved' then return 0 end
+for i = 3, #KEYS do
+  local q = tonumber(ARGV[i])
+  redis.call('HINCRBY', KEYS[i], 'reserved', -q)
+  if ARGV[2] == 'committed' then
+    redis.call('HINCRBY', KEYS[i], 'stock', -q)
+    redis.call('HINCRBY', KEYS[i], 'sold', q)
+  end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+";
+
+fn backend(e: redis::RedisError) -> ReservationError {
+    ReservationError::Backend(e.to_string())
+}
+
 fn field<'a>(
     h: &'a std::collections::HashMap<String, String>,
     k: &str,
@@ -67,6 +135,12 @@ fn product_from(h: &std::collections::HashMap<String, String>) -> Result<Product
         currency: field(h, "currency")?.to_owned(),
         stock: number(h, "stock")?,
         reserved: number(h, "reserved")?,
+        // Products stored before reservations existed have no `sold` yet.
+        sold: if h.contains_key("sold") {
+            number(h, "sold")?
+        } else {
+            0
+        },
     })
 }
 
@@ -98,6 +172,47 @@ impl RedisCatalog {
             .filter(|h| !h.is_empty())
             .map(product_from)
             .collect()
+    }
+
+    fn product_key(&self, sku: &Sku) -> String {
+        self.key(&format!("product:{sku}"))
+    }
+
+    fn reservation_key(&self, order_id: &str) -> String {
+        self.key(&format!("reservation:{order_id}"))
+    }
+
+    async fn load_reservation(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<Reservation>, ReservationError> {
+        let h: std::collections::HashMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(self.reservation_key(order_id))
+            .await
+            .map_err(backend)?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let bad =
+            |what: &str| ReservationError::Backend(format!("reservation {order_id:?}: bad {what}"));
+        let status = h
+            .get("status")
+            .and_then(|s| ReservationStatus::parse(s))
+            .ok_or_else(|| bad("status"))?;
+        let expires_at_ms = h
+            .get("expires_at")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("expires_at"))?;
+        let lines: Vec<Line> = serde_json::from_str(h.get("lines").map_or("[]", String::as_str))
+            .map_err(|_| bad("lines"))?;
+        Ok(Some(Reservation {
+            order_id: order_id.to_owned(),
+            lines,
+            status,
+            expires_at_ms,
+        }))
     }
 
     /// Deletes every key under this store's prefix (tests).
@@ -164,6 +279,189 @@ impl CatalogStore for RedisCatalog {
                 .query_async(&mut self.conn.clone())
                 .await?;
             Ok(())
+        })
+    }
+
+    fn create(&self, p: Product) -> BoxFuture<'_, Result<Product, CatalogError>> {
+        Box::pin(async move {
+            let created: i64 = redis::Script::new(CREATE)
+                .key(self.product_key(&p.sku))
+                .key(self.key("skus"))
+                .arg(p.sku.as_str())
+                .arg(&p.name)
+                .arg(&p.description)
+                .arg(p.price_cents)
+                .arg(&p.currency)
+                .arg(p.stock)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            if created == 0 {
+                return Err(CatalogError::Exists(p.sku));
+            }
+            Ok(Product {
+                reserved: 0,
+                sold: 0,
+                ..p
+            })
+        })
+    }
+
+    fn set_stock(&self, sku: Sku, stock: i64) -> BoxFuture<'_, Result<Product, CatalogError>> {
+        Box::pin(async move {
+            let answer: i64 = redis::Script::new(SET_STOCK)
+                .key(self.product_key(&sku))
+                .arg(stock)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            match answer {
+                -1 => Err(CatalogError::NotFound(sku)),
+                -2 => self
+                    .get(sku.clone())
+                    .await?
+                    .ok_or(CatalogError::NotFound(sku)),
+                reserved => Err(CatalogError::BelowReserved { sku, reserved }),
+            }
+        })
+    }
+
+    fn reserve(
+        &self,
+        order_id: String,
+        lines: Vec<Line>,
+        expires_at_ms: i64,
+    ) -> BoxFuture<'_, Result<Reservation, ReservationError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&lines)
+                .map_err(|e| ReservationError::Backend(e.to_string()))?;
+            let script = redis::Script::new(RESERVE);
+            let mut inv = script.key(self.reservation_key(&order_id));
+            inv.key(self.key("due"));
+            for line in &lines {
+                inv.key(self.product_key(&line.sku));
+            }
+            inv.arg(&order_id).arg(expires_at_ms).arg(json);
+            for line in &lines {
+                inv.arg(line.quantity);
+            }
+            let answer: Vec<String> = inv
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(backend)?;
+            let line_at = |i: Option<&String>| {
+                i.and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| lines.get(i))
+                    .map(|l| l.sku.clone())
+                    .ok_or_else(|| ReservationError::Backend("bad script answer".into()))
+            };
+            match answer.first().map(String::as_str) {
+                Some("ok") => Ok(Reservation {
+                    order_id,
+                    lines,
+                    status: ReservationStatus::Reserved,
+                    expires_at_ms,
+                }),
+                Some("unknown") => Err(ReservationError::UnknownSku(line_at(answer.get(1))?)),
+                Some("insufficient") => {
+                    Err(ReservationError::Insufficient(line_at(answer.get(1))?))
+                }
+                _ => match self.load_reservation(&order_id).await? {
+                    Some(existing) if existing.lines == lines || existing.lines.is_empty() => {
+                        Ok(existing)
+                    }
+                    Some(_) => Err(ReservationError::Mismatch(order_id)),
+                    None => Err(ReservationError::Backend(
+                        "a reservation vanished while being read".into(),
+                    )),
+                },
+            }
+        })
+    }
+
+    fn finish(
+        &self,
+        order_id: String,
+        action: Action,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>> {
+        Box::pin(async move {
+            // Each round decides on a fresh read; a script that finds the reservation
+            // no longer held (another caller won) sends us round again.
+            loop {
+                let current = self.load_reservation(&order_id).await?;
+                match decide(&order_id, current.as_ref(), action, now_ms) {
+                    Step::Nothing => return Ok(current),
+                    Step::Refuse(e) => return Err(e),
+                    Step::Tombstone => {
+                        let created: bool = redis::cmd("HSETNX")
+                            .arg(self.reservation_key(&order_id))
+                            .arg("status")
+                            .arg("released")
+                            .query_async(&mut self.conn.clone())
+                            .await
+                            .map_err(backend)?;
+                        if created {
+                            let _: () = self
+                                .conn
+                                .clone()
+                                .hset_multiple(
+                                    self.reservation_key(&order_id),
+                                    &[("expires_at", "0"), ("lines", "[]")],
+                                )
+                                .await
+                                .map_err(backend)?;
+                            return Ok(Some(Reservation {
+                                order_id,
+                                lines: Vec::new(),
+                                status: ReservationStatus::Released,
+                                expires_at_ms: 0,
+                            }));
+                        }
+                    }
+                    Step::Transition { to, refuse } => {
+                        let mut r = current.expect("a transition has a reservation");
+                        let script = redis::Script::new(TRANSITION);
+                        let mut inv = script.key(self.reservation_key(&order_id));
+                        inv.key(self.key("due"));
+                        for line in &r.lines {
+                            inv.key(self.product_key(&line.sku));
+                        }
+                        inv.arg(&order_id).arg(to.as_str());
+                        for line in &r.lines {
+                            inv.arg(line.quantity);
+                        }
+                        let applied: i64 = inv
+                            .invoke_async(&mut self.conn.clone())
+                            .await
+                            .map_err(backend)?;
+                        if applied == 1 {
+                            r.status = to;
+                            return match refuse {
+                                Some(e) => Err(e),
+                                None => Ok(Some(r)),
+                            };
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn reservation(
+        &self,
+        order_id: String,
+    ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>> {
+        Box::pin(async move { self.load_reservation(&order_id).await })
+    }
+
+    fn due(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<String>, ReservationError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = self
+                .conn
+                .clone()
+                .zrangebyscore_limit(self.key("due"), "-inf", now_ms, 0, limit as isize)
+                .await
+                .map_err(backend)?;
+            Ok(ids)
         })
     }
 }

@@ -1,0 +1,104 @@
+//! The payments ledger: one trait, one module per backend. SQLite is the embedded
+//! default; MariaDB (`FLOTILLA_PAYMENTS__STORE=mysql://…`) is the production engine.
+//! Both pass the same conformance tests (`tests.rs`). The SQL is the same on both
+//! (placeholders `?`, times written by the application), so one macro implements both.
+
+pub mod sql;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use kit::discovery::BoxFuture;
+use kit::store::StoreError;
+
+use crate::domain::{Payment, Status};
+
+/// The ledger failed.
+#[derive(Debug, thiserror::Error)]
+#[error("payments store: {0}")]
+pub struct LedgerError(pub String);
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The outcome of starting an authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// The pending payment was recorded: this caller talks to the provider.
+    Started,
+    /// The order already has a payment (possibly still pending).
+    Existing(Box<Payment>),
+}
+
+/// The outcome of applying an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Done; the payment as it is now.
+    Done(Box<Payment>),
+    /// The idempotency key was used before: nothing changed.
+    Duplicate,
+    /// The payment changed since it was read: read again and decide again.
+    Lost,
+}
+
+/// A change of a payment, applied only if the payment is still as it was read
+/// (compare-and-set on status and refunded total).
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The payment.
+    pub payment_id: String,
+    /// The status it was read with.
+    pub from_status: Status,
+    /// The refunded total it was read with.
+    pub from_refunded: i64,
+    /// The new status.
+    pub status: Status,
+    /// The new refunded total.
+    pub refunded_cents: i64,
+    /// `(kind, key, amount)` recorded with the change, making the key single-use.
+    pub operation: Option<(&'static str, String, i64)>,
+}
+
+/// Where payments are kept.
+pub trait Ledger: Send + Sync + 'static {
+    /// Records `pending` (status [`Status::Pending`]) unless its order has a payment.
+    fn begin(&self, pending: Payment, key: String) -> BoxFuture<'_, Result<Begin, LedgerError>>;
+    /// Sets the outcome of a pending authorization.
+    fn complete(
+        &self,
+        id: String,
+        status: Status,
+        provider_ref: Option<String>,
+        decline_reason: Option<String>,
+    ) -> BoxFuture<'_, Result<Payment, LedgerError>>;
+    /// Forgets a pending authorization (the provider failed retryably), so a retry
+    /// starts afresh.
+    fn abandon(&self, id: String) -> BoxFuture<'_, Result<(), LedgerError>>;
+    /// One payment.
+    fn get(&self, id: String) -> BoxFuture<'_, Result<Option<Payment>, LedgerError>>;
+    /// Whether `key` was used on the payment before.
+    fn seen(&self, payment_id: String, key: String) -> BoxFuture<'_, Result<bool, LedgerError>>;
+    /// Applies a change (see [`Change`]).
+    fn apply(&self, change: Change) -> BoxFuture<'_, Result<Applied, LedgerError>>;
+    /// Checks the backend answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), LedgerError>>;
+}
+
+/// Opens the ledger a URL names.
+pub async fn open(url: &str, setting: &str) -> Result<Arc<dyn Ledger>, StoreError> {
+    match kit::store::scheme(url) {
+        "sqlite" => Ok(Arc::new(sql::SqliteLedger::open(url, setting).await?)),
+        "mysql" | "mariadb" => Ok(Arc::new(
+            sql::MySqlLedger::open(&url.replacen("mariadb://", "mysql://", 1), setting).await?,
+        )),
+        _ => Err(StoreError::UnknownScheme {
+            setting: setting.to_owned(),
+            url: kit::store::redact(url),
+            expected: "sqlite://, mysql://",
+        }),
+    }
+}

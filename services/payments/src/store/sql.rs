@@ -1,0 +1,246 @@
+//! The SQL backends: SQLite (embedded default) and MariaDB/MySQL (production), from one
+//! implementation written against both.
+
+use kit::discovery::BoxFuture;
+use kit::store::{Migration, StoreError};
+use sqlx::FromRow;
+
+use super::{Applied, Begin, Change, Ledger, LedgerError};
+use crate::domain::{Payment, Status, now_rfc3339};
+
+static SQLITE_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "payments",
+    sql: include_str!("../../migrations/sqlite/0001_payments.sql"),
+}];
+
+static MYSQL_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "payments",
+    sql: include_str!("../../migrations/mysql/0001_payments.sql"),
+}];
+
+#[derive(FromRow)]
+struct Row {
+    id: String,
+    order_id: String,
+    user_id: String,
+    amount_cents: i64,
+    currency: String,
+    status: String,
+    refunded_cents: i64,
+    card_last4: String,
+    decline_reason: Option<String>,
+    provider_ref: Option<String>,
+    created_at: String,
+}
+
+impl TryFrom<Row> for Payment {
+    type Error = LedgerError;
+    fn try_from(r: Row) -> Result<Self, LedgerError> {
+        Ok(Payment {
+            status: Status::parse(&r.status)
+                .ok_or_else(|| LedgerError(format!("stored status {:?}", r.status)))?,
+            id: r.id,
+            order_id: r.order_id,
+            user_id: r.user_id,
+            amount_cents: r.amount_cents,
+            currency: r.currency,
+            refunded_cents: r.refunded_cents,
+            card_last4: r.card_last4,
+            decline_reason: r.decline_reason,
+            provider_ref: r.provider_ref,
+            created_at: r.created_at,
+        })
+    }
+}
+
+const SELECT: &str = "SELECT id, order_id, user_id, amount_cents, currency, status, refunded_cents, \
+     card_last4, decline_reason, provider_ref, created_at FROM payments";
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+macro_rules! ledger {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, $open:path, $migrations:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+        }
+
+        impl $name {
+            /// Opens (and migrates) the database at `url`.
+            pub async fn open(url: &str, setting: &str) -> Result<Self, StoreError> {
+                Ok(Self {
+                    pool: $open(url, setting, $migrations).await?,
+                })
+            }
+
+            async fn fetch(&self, column: &str, value: &str) -> Result<Option<Payment>, LedgerError> {
+                let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE {column} = ?"))
+                    .bind(value)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(Payment::try_from).transpose()
+            }
+
+            async fn must(&self, id: &str) -> Result<Payment, LedgerError> {
+                self.fetch("id", id)
+                    .await?
+                    .ok_or_else(|| LedgerError(format!("payment {id} vanished")))
+            }
+        }
+
+        impl Ledger for $name {
+            fn begin(&self, p: Payment, key: String) -> BoxFuture<'_, Result<Begin, LedgerError>> {
+                Box::pin(async move {
+                    let inserted = sqlx::query(
+                        "INSERT INTO payments (id, order_id, user_id, amount_cents, currency, status, \
+                         refunded_cents, card_last4, idempotency_key, created_at, updated_at) \
+                         VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
+                    )
+                    .bind(&p.id)
+                    .bind(&p.order_id)
+                    .bind(&p.user_id)
+                    .bind(p.amount_cents)
+                    .bind(&p.currency)
+                    .bind(&p.card_last4)
+                    .bind(&key)
+                    .bind(&p.created_at)
+                    .bind(&p.created_at)
+                    .execute(&self.pool)
+                    .await;
+                    match inserted {
+                        Ok(_) => Ok(Begin::Started),
+                        Err(e) if unique_violation(&e) => match self.fetch("order_id", &p.order_id).await? {
+                            Some(existing) => Ok(Begin::Existing(Box::new(existing))),
+                            // Abandoned between our insert and read: the caller retries.
+                            None => Err(LedgerError("the order's payment changed; retry".into())),
+                        },
+                        Err(e) => Err(e.into()),
+                    }
+                })
+            }
+
+            fn complete(
+                &self,
+                id: String,
+                status: Status,
+                provider_ref: Option<String>,
+                decline_reason: Option<String>,
+            ) -> BoxFuture<'_, Result<Payment, LedgerError>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE payments SET status = ?, provider_ref = ?, decline_reason = ?, updated_at = ? \
+                         WHERE id = ? AND status = 'pending'",
+                    )
+                    .bind(status.as_str())
+                    .bind(provider_ref)
+                    .bind(decline_reason)
+                    .bind(now_rfc3339())
+                    .bind(&id)
+                    .execute(&self.pool)
+                    .await?;
+                    self.must(&id).await
+                })
+            }
+
+            fn abandon(&self, id: String) -> BoxFuture<'_, Result<(), LedgerError>> {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM payments WHERE id = ? AND status = 'pending'")
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                })
+            }
+
+            fn get(&self, id: String) -> BoxFuture<'_, Result<Option<Payment>, LedgerError>> {
+                Box::pin(async move { self.fetch("id", &id).await })
+            }
+
+            fn seen(&self, payment_id: String, key: String) -> BoxFuture<'_, Result<bool, LedgerError>> {
+                Box::pin(async move {
+                    let row: Option<(String,)> = sqlx::query_as(
+                        "SELECT kind FROM operations WHERE payment_id = ? AND idempotency_key = ?",
+                    )
+                    .bind(payment_id)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(row.is_some())
+                })
+            }
+
+            fn apply(&self, c: Change) -> BoxFuture<'_, Result<Applied, LedgerError>> {
+                Box::pin(async move {
+                    let now = now_rfc3339();
+                    let mut tx = self.pool.begin().await?;
+                    // The update goes first so SQLite takes its write lock at once; the
+                    // conditions make it a compare-and-set.
+                    let changed = sqlx::query(
+                        "UPDATE payments SET status = ?, refunded_cents = ?, updated_at = ? \
+                         WHERE id = ? AND status = ? AND refunded_cents = ?",
+                    )
+                    .bind(c.status.as_str())
+                    .bind(c.refunded_cents)
+                    .bind(&now)
+                    .bind(&c.payment_id)
+                    .bind(c.from_status.as_str())
+                    .bind(c.from_refunded)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed == 0 {
+                        return Ok(Applied::Lost);
+                    }
+                    if let Some((kind, key, amount)) = &c.operation {
+                        let recorded = sqlx::query(
+                            "INSERT INTO operations (payment_id, idempotency_key, kind, amount_cents, created_at) \
+                             VALUES (?, ?, ?, ?, ?)",
+                        )
+                        .bind(&c.payment_id)
+                        .bind(key)
+                        .bind(*kind)
+                        .bind(*amount)
+                        .bind(&now)
+                        .execute(&mut *tx)
+                        .await;
+                        match recorded {
+                            Ok(_) => {}
+                            Err(e) if unique_violation(&e) => return Ok(Applied::Duplicate),
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(Applied::Done(Box::new(self.must(&c.payment_id).await?)))
+                })
+            }
+
+            fn ping(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+                Box::pin(async move {
+                    sqlx::query("SELECT 1").execute(&self.pool).await?;
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
+ledger!(
+    /// The ledger in SQLite (embedded default).
+    SqliteLedger,
+    sqlx::SqlitePool,
+    kit::store::sqlite::open,
+    SQLITE_MIGRATIONS
+);
+
+ledger!(
+    /// The ledger in MariaDB / MySQL (production).
+    MySqlLedger,
+    sqlx::MySqlPool,
+    kit::store::mysql::open,
+    MYSQL_MIGRATIONS
+);

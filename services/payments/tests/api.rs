@@ -1,0 +1,249 @@
+//! Payments' gRPC and HTTP behaviour against the real service and a real SQLite store.
+
+use kit::config::Config;
+use kit::service::Context;
+use proto::payments::payments_client::PaymentsClient;
+use proto::payments::{
+    AuthorizeRequest, CaptureRequest, Card, PaymentStatus, RefundRequest, VoidRequest,
+};
+use serde_json::{Value, json};
+
+struct TestApp {
+    base: String,
+    admin: String,
+    grpc: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn spawn_payments() -> TestApp {
+    kit::telemetry::init_for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_file(std::path::Path::new("/nonexistent/flotilla.toml"))
+        .merged("data_dir", dir.path())
+        .merged("discovery", "static://")
+        .merged("payments", json!({}));
+    let ctx = Context::new("payments", config).unwrap();
+    let service = payments::build(ctx).await.unwrap();
+    let base = format!("http://{}", service.public_addr());
+    let admin = format!("http://{}", service.admin_addr());
+    let grpc = format!("http://{}", service.grpc_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(service.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        base,
+        admin,
+        grpc,
+        http: reqwest::Client::new(),
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    async fn client(&self) -> PaymentsClient<tonic::transport::Channel> {
+        PaymentsClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    async fn get(&self, path: &str, user: Option<(&str, &str)>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some((id, roles)) = user {
+            req = req
+                .header("x-flotilla-user-id", id)
+                .header("x-flotilla-roles", roles);
+        }
+        let res = req.send().await.unwrap();
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+fn authorize(order: &str, number: &str, cents: i64, currency: &str) -> AuthorizeRequest {
+    AuthorizeRequest {
+        order_id: order.into(),
+        user_id: "alice".into(),
+        amount_cents: cents,
+        currency: currency.into(),
+        card: Some(Card {
+            number: number.into(),
+            exp_month: 12,
+            exp_year: 2099,
+            cvc: "123".into(),
+        }),
+        idempotency_key: format!("k-{order}"),
+    }
+}
+
+#[tokio::test]
+async fn every_grpc_method_is_idempotent() {
+    let app = spawn_payments().await;
+    let mut c = app.client().await;
+    let a1 = c
+        .authorize(authorize("o1", "4242424242424242", 2500, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    let a2 = c
+        .authorize(authorize("o1", "4242424242424242", 2500, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a1, a2);
+    assert_eq!(a1.status, PaymentStatus::Authorized as i32);
+    assert_eq!(a1.card_last4, "4242");
+
+    let cap = |key: &str| CaptureRequest {
+        payment_id: a1.payment_id.clone(),
+        idempotency_key: key.into(),
+    };
+    let c1 = c.capture(cap("c")).await.unwrap().into_inner();
+    let c2 = c.capture(cap("c")).await.unwrap().into_inner();
+    assert_eq!(c1, c2);
+    assert_eq!(c1.status, PaymentStatus::Captured as i32);
+
+    let refund = |key: &str, cents: i64, cur: &str| RefundRequest {
+        payment_id: a1.payment_id.clone(),
+        amount_cents: cents,
+        currency: cur.into(),
+        idempotency_key: key.into(),
+    };
+    let r1 = c
+        .refund(refund("r", 1000, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    let r2 = c
+        .refund(refund("r", 1000, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r1.refunded_cents, r2.refunded_cents), (1000, 1000));
+    let err = c.refund(refund("r-usd", 10, "USD")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let err = c
+        .void(VoidRequest {
+            payment_id: a1.payment_id.clone(),
+            idempotency_key: "v".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+
+    let b = c
+        .authorize(authorize("o2", "4242424242424242", 100, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    let void = VoidRequest {
+        payment_id: b.payment_id.clone(),
+        idempotency_key: "v".into(),
+    };
+    let v1 = c.void(void.clone()).await.unwrap().into_inner();
+    let v2 = c.void(void).await.unwrap().into_inner();
+    assert_eq!(v1, v2);
+    assert_eq!(v1.status, PaymentStatus::Voided as i32);
+}
+
+#[tokio::test]
+async fn test_cards_behave_as_documented() {
+    let app = spawn_payments().await;
+    let mut c = app.client().await;
+    let d = c
+        .authorize(authorize("d1", "4000000000000002", 100, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (d.status, d.decline_reason.as_str()),
+        (PaymentStatus::Declined as i32, "card_declined")
+    );
+    let f = c
+        .authorize(authorize("d2", "4000000000009995", 100, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.decline_reason, "insufficient_funds");
+    let err = c
+        .authorize(authorize("d3", "4000000000000119", 100, "EUR"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn invalid_input_names_the_field() {
+    let app = spawn_payments().await;
+    let mut c = app.client().await;
+    for (req, field) in [
+        (
+            authorize("x", "4242424242424241", 100, "EUR"),
+            "card.number",
+        ),
+        (authorize("x", "4242424242424242", 100, "eur"), "currency"),
+        (
+            authorize("x", "4242424242424242", -1, "EUR"),
+            "amount_cents",
+        ),
+        (
+            authorize("x", "4242424242424242", i64::MAX, "EUR"),
+            "amount_cents",
+        ),
+        (authorize("", "4242424242424242", 100, "EUR"), "order_id"),
+    ] {
+        let err = c.authorize(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn payments_are_read_by_their_owner_or_an_admin() {
+    let app = spawn_payments().await;
+    let mut c = app.client().await;
+    let p = c
+        .authorize(authorize("o9", "4242424242424242", 700, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    let path = format!("/api/payments/{}", p.payment_id);
+    let (status, body) = app.get(&path, Some(("alice", "customer"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["amount_cents"], 700);
+    assert_eq!(body["status"], "authorized");
+    assert_eq!(body["order_id"], "o9");
+    assert!(!body.to_string().contains("4242424242424242"));
+    assert_eq!(app.get(&path, Some(("root", "admin"))).await.0, 200);
+    assert_eq!(app.get(&path, Some(("mallory", "customer"))).await.0, 404);
+    assert_eq!(app.get(&path, None).await.0, 401);
+    assert_eq!(
+        app.get("/api/payments/not-a-uuid", Some(("alice", "customer")))
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn describes_its_api_in_openapi_on_the_admin_listener() {
+    let app = spawn_payments().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    assert!(doc["paths"]["/api/payments/{id}"].is_object(), "{doc}");
+}

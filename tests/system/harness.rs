@@ -48,12 +48,13 @@ impl System {
     /// Starts `flotilla up` and waits until the gateway serves products.
     pub async fn start() -> Self {
         let data = tempfile::tempdir().unwrap();
-        let (gw, reg) = (free_port(), free_port());
+        let (gw, reg, bus) = (free_port(), free_port(), free_port());
         let up = flotilla()
             .arg("up")
             .arg("--data-dir")
             .arg(data.path())
             .env("FLOTILLA_GATEWAY__LISTEN", format!("127.0.0.1:{gw}"))
+            .env("FLOTILLA_BUS__LISTEN", format!("127.0.0.1:{bus}"))
             .env("FLOTILLA_REGISTRY__LISTEN", format!("127.0.0.1:{reg}"))
             .env("FLOTILLA_LEASE_TTL", "1s")
             .env_remove("FLOTILLA_DISCOVERY")

@@ -167,7 +167,10 @@ async fn sets_forwarding_headers_and_strips_hop_by_hop() {
     assert!(seen["traceparent"].as_str().unwrap().starts_with("00-"));
     assert!(seen.get("x-private").is_none());
     assert!(seen.get("proxy-authorization").is_none());
-    assert!(seen.get("x-flotilla-user-id").is_none(), "identity cannot be forged");
+    assert!(
+        seen.get("x-flotilla-user-id").is_none(),
+        "identity cannot be forged"
+    );
     assert!(seen.get("x-flotilla-roles").is_none());
 }
 

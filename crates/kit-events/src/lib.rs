@@ -10,11 +10,15 @@
 //! back after the group's ack timeout, and an event that failed `max_deliveries` times is
 //! moved to the dead-letter subject [`dead_letter_subject`]. Per-subject order holds for
 //! a group with one consumer as long as nothing is redelivered.
+//!
+//! Producers publish through the transactional [`outbox`]; consumers make redelivery
+//! harmless with its idempotent inbox.
 #![forbid(unsafe_code)]
 
 pub mod embedded;
 pub mod envelope;
 pub mod nats;
+pub mod outbox;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -2,13 +2,15 @@
 
 use std::process::ExitCode;
 
-/// Every service, registry first (others register with it), gateway last.
-pub const NAMES: &[&str] = &["registry", "inventory", "payments", "gateway"];
+/// Every service, registry first (others register with it), then the event bus (others
+/// publish to it), gateway last.
+pub const NAMES: &[&str] = &["registry", "bus", "inventory", "payments", "gateway"];
 
 /// Runs one service in the foreground until SIGINT/SIGTERM.
 pub fn run(name: &str) -> ExitCode {
     match name {
         "registry" => kit::service::main("registry", registry::run),
+        "bus" => kit::service::main("bus", bus::run),
         "inventory" => kit::service::main("inventory", inventory::run),
         "payments" => kit::service::main("payments", payments::run),
         "gateway" => kit::service::main("gateway", gateway::run),

@@ -35,12 +35,21 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 pub struct Plan {
     data_dir: PathBuf,
     registry: SocketAddr,
+    bus: SocketAddr,
     gateway: SocketAddr,
 }
 
 impl Plan {
     fn discovery(&self) -> String {
         format!("registry://{}", self.registry)
+    }
+
+    /// The bus services use: `FLOTILLA_BUS` if set (NATS, say), else the embedded one.
+    fn bus_url(&self) -> String {
+        std::env::var("FLOTILLA_BUS")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| format!("bus://{}", kit::service::advertised(self.bus)))
     }
 }
 
@@ -81,9 +90,11 @@ fn plan(data_dir: PathBuf) -> anyhow::Result<Plan> {
     let data_dir = std::fs::canonicalize(&data_dir)?;
     let config = Config::load().merged("data_dir", &data_dir);
     let registry: registry::RegistryConfig = config.section("registry")?;
+    let bus = bus::config(&config)?;
     let gateway: gateway::GatewayConfig = config.section("gateway")?;
     for (addr, setting) in [
         (registry.listen, "FLOTILLA_REGISTRY__LISTEN"),
+        (bus.listen, "FLOTILLA_BUS__LISTEN"),
         (gateway.listen, "FLOTILLA_GATEWAY__LISTEN"),
     ] {
         if let Err(e) = std::net::TcpListener::bind(addr) {
@@ -99,6 +110,7 @@ fn plan(data_dir: PathBuf) -> anyhow::Result<Plan> {
     Ok(Plan {
         data_dir,
         registry: registry.listen,
+        bus: bus.listen,
         gateway: gateway.listen,
     })
 }
@@ -226,6 +238,7 @@ impl Supervisor {
             .arg(name)
             .env("FLOTILLA_DATA_DIR", &self.plan.data_dir)
             .env("FLOTILLA_DISCOVERY", self.plan.discovery())
+            .env("FLOTILLA_BUS", self.plan.bus_url())
             .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -53,12 +53,13 @@ impl System {
     /// Like [`System::start`], with extra environment for every service.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let (gw, reg) = (free_port(), free_port());
+        let (gw, reg, bus) = (free_port(), free_port(), free_port());
         let up = flotilla()
             .arg("up")
             .arg("--data-dir")
             .arg(data.path())
             .env("FLOTILLA_GATEWAY__LISTEN", format!("127.0.0.1:{gw}"))
+            .env("FLOTILLA_BUS__LISTEN", format!("127.0.0.1:{bus}"))
             .env("FLOTILLA_REGISTRY__LISTEN", format!("127.0.0.1:{reg}"))
             .env("FLOTILLA_LEASE_TTL", "1s")
             .env_remove("FLOTILLA_DISCOVERY")

@@ -80,7 +80,7 @@ async fn fetch(http: &reqwest::Client, gateway: &Gateway, service: &str) -> Opti
         .routes
         .iter()
         .find(|(r, _)| r.service == service)
-        .map(|(_, e)| e.current())?;
+        .map(|(_, u)| u.endpoints.current())?;
     for endpoint in endpoints.iter() {
         let Some(admin) = endpoint.instance.metadata.get("admin_addr") else {
             continue;

@@ -323,7 +323,12 @@ impl Call<'_> {
                 Attempt::Answered(res)
             }
             Ok(Err(e)) if e.is_connect() => {
-                permit.failure();
+                // A refused connection means this instance is gone, not that the service
+                // is failing: the request never reached it. Discovery drops the instance
+                // and the retry tries another, so the service's breaker is not charged
+                // (a restarted single instance would otherwise stay cut off for the whole
+                // open interval).
+                drop(permit);
                 tracing::warn!(service = %route.service, instance = %addr, error = %e, "cannot connect");
                 Attempt::NotConnected
             }

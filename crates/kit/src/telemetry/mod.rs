@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod trace;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -53,10 +54,15 @@ where
         );
         EnvFilter::new("info")
     });
+    // Spans follow their own level, not the log filter: a quiet `FLOTILLA_LOG=warn` must
+    // not stop `traceparent` from flowing.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .with(logs::JsonLayer::new(&cfg.service, &cfg.instance, sink))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .with(logs::JsonLayer::new(&cfg.service, &cfg.instance, sink).with_filter(filter))
         .try_init();
     Telemetry { provider }
 }

@@ -10,6 +10,23 @@ use crate::harness::System;
 const PRODUCT: &str = "/api/products/FLT-BOAT-001";
 const ROUTE_LABEL: &str = "route=\"/api/products/{sku}\"";
 
+/// The gateway's breaker for inventory, from `/admin/breakers`.
+async fn inventory_breaker(sys: &System) -> Value {
+    let breakers: Vec<Value> = sys
+        .http
+        .get(format!("{}/admin/breakers", sys.admin("gateway").await))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    breakers
+        .into_iter()
+        .find(|b| b["target"] == "inventory")
+        .unwrap()
+}
+
 #[tokio::test]
 async fn breaker_opens_fails_fast_and_recovers() {
     let sys = System::start_with(&[
@@ -49,19 +66,7 @@ async fn breaker_opens_fails_fast_and_recovers() {
         }
     }
     assert!(opened, "the breaker did not open");
-    let breakers: Vec<Value> = sys
-        .http
-        .get(format!("{}/admin/breakers", sys.admin("gateway").await))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let inv = breakers
-        .iter()
-        .find(|b| b["target"] == "inventory")
-        .unwrap();
+    let inv = inventory_breaker(&sys).await;
     assert_eq!(inv["state"], "open");
 
     // While open: 503 with Retry-After at once, and inventory sees none of it.
@@ -96,19 +101,7 @@ async fn breaker_opens_fails_fast_and_recovers() {
     for _ in 0..5 {
         assert_eq!(sys.http.get(&url).send().await.unwrap().status(), 200);
     }
-    let breakers: Vec<Value> = sys
-        .http
-        .get(format!("{}/admin/breakers", sys.admin("gateway").await))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let inv = breakers
-        .iter()
-        .find(|b| b["target"] == "inventory")
-        .unwrap();
+    let inv = inventory_breaker(&sys).await;
     assert_eq!(inv["state"], "closed");
     assert!(
         sys.counter("gateway", "breaker_transitions_total", "to=\"open\"")

@@ -131,6 +131,14 @@ impl Config {
         Self { figment }
     }
 
+    /// Defaults < `FLOTILLA_*` environment, no file, with `data_dir` pinned: what tests
+    /// start services with.
+    pub fn for_tests(data_dir: &Path) -> Self {
+        let figment = Figment::from(Serialized::defaults(Common::default()))
+            .merge(Env::prefixed("FLOTILLA_").split("__"));
+        Self { figment }.merged("data_dir", data_dir)
+    }
+
     /// Settings shared by every service.
     pub fn common(&self) -> Result<Common, ConfigError> {
         Ok(self.figment.extract()?)

@@ -312,6 +312,22 @@ impl Service {
         self
     }
 
+    /// Runs in the background until the returned handle is dropped or stopped (tests,
+    /// and tools embedding a service).
+    pub fn spawn(self) -> Running {
+        let (public, admin) = (self.public_addr(), self.admin_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            public,
+            admin,
+            stop: Some(stop),
+            task,
+        }
+    }
+
     /// Runs until SIGINT or SIGTERM, then drains.
     pub async fn run_until_stopped(self) -> Result<(), StartError> {
         self.run_until(async {
@@ -430,6 +446,43 @@ pub fn instance_metadata(
         m.insert("rss_bytes".to_owned(), rss.to_string());
     }
     m
+}
+
+/// A service running in the background; dropping the handle starts its drain.
+#[derive(Debug)]
+pub struct Running {
+    public: SocketAddr,
+    admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+impl Running {
+    /// The public address.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+
+    /// The admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Stops the service and waits until it has drained.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// The address others should use: a wildcard bind is advertised as loopback.

@@ -60,8 +60,7 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(5000);
     let dir = tempfile::tempdir().unwrap();
-    let config = kit::config::Config::from_file(std::path::Path::new("/nonexistent.toml"))
-        .merged("data_dir", dir.path())
+    let config = kit::config::Config::for_tests(dir.path())
         .merged("discovery", "static://")
         .merged("log", "warn")
         .merged("bus", serde_json::json!({ "listen": "127.0.0.1:0" }));

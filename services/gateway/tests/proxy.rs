@@ -11,7 +11,7 @@ use kit::service::Context;
 use serde_json::{Value, json};
 
 fn config(dir: &std::path::Path) -> Config {
-    Config::from_file(std::path::Path::new("/nonexistent/flotilla.toml")).merged("data_dir", dir)
+    Config::for_tests(dir)
 }
 
 async fn spawn(service: kit::service::Service) -> SocketAddr {

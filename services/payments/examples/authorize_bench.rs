@@ -28,8 +28,7 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(store) = std::env::var("STORE") {
         section["store"] = store.into();
     }
-    let config = Config::from_file(std::path::Path::new("/nonexistent/flotilla.toml"))
-        .merged("data_dir", dir.path())
+    let config = Config::for_tests(dir.path())
         .merged("discovery", "static://")
         .merged("payments", section);
     let service = payments::build(Context::new("payments", config)?).await?;

@@ -14,14 +14,13 @@ struct TestApp {
     grpc: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: kit::service::Running,
 }
 
 async fn spawn_payments() -> TestApp {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_file(std::path::Path::new("/nonexistent/flotilla.toml"))
-        .merged("data_dir", dir.path())
+    let config = Config::for_tests(dir.path())
         .merged("discovery", "static://")
         .merged("payments", json!({}));
     let ctx = Context::new("payments", config).unwrap();
@@ -29,17 +28,14 @@ async fn spawn_payments() -> TestApp {
     let base = format!("http://{}", service.public_addr());
     let admin = format!("http://{}", service.admin_addr());
     let grpc = format!("http://{}", service.grpc_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(service.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let running = service.spawn();
     TestApp {
         base,
         admin,
         grpc,
         http: reqwest::Client::new(),
         _dir: dir,
-        _stop: stop,
+        _stop: running,
     }
 }
 

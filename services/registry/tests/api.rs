@@ -12,29 +12,24 @@ struct TestRegistry {
     client: RegistryClient,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: kit::service::Running,
 }
 
 async fn spawn_registry_in(dir: tempfile::TempDir) -> TestRegistry {
-    let config = Config::from_file(std::path::Path::new("/nonexistent/flotilla.toml"))
-        .merged("data_dir", dir.path())
-        .merged(
-            "registry",
-            json!({"listen": "127.0.0.1:0", "reap_interval": "50ms"}),
-        );
+    let config = Config::for_tests(dir.path()).merged(
+        "registry",
+        json!({"listen": "127.0.0.1:0", "reap_interval": "50ms"}),
+    );
     let ctx = Context::new("registry", config).unwrap();
     let service = registry::build(ctx).await.unwrap();
     let base = format!("http://{}", service.public_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(service.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let running = service.spawn();
     TestRegistry {
         client: RegistryClient::new(base.clone()),
         base,
         http: reqwest::Client::new(),
         _dir: dir,
-        stop,
+        stop: running,
     }
 }
 
@@ -76,7 +71,7 @@ async fn register_list_and_deregister() {
     let one = r.client.service("inventory", None).await.unwrap();
     assert_eq!(one.instances.len(), 1);
     assert_eq!(one.instances[0].id, "inv-2");
-    let _ = r.stop.send(());
+    r.stop.stop().await;
 }
 
 #[tokio::test]
@@ -98,7 +93,7 @@ async fn watch_returns_when_the_set_changes() {
         .unwrap();
     assert_eq!(changed.instances.len(), 1);
     assert!(changed.index > first.index);
-    let _ = r.stop.send(());
+    r.stop.stop().await;
 }
 
 #[tokio::test]
@@ -114,7 +109,7 @@ async fn instances_that_stop_heartbeating_expire() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let s = r.client.service("inventory", None).await.unwrap();
     assert!(s.instances.is_empty(), "removed one TTL later");
-    let _ = r.stop.send(());
+    r.stop.stop().await;
 }
 
 #[tokio::test]
@@ -128,7 +123,7 @@ async fn restart_restores_the_snapshot() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let TestRegistry { stop, _dir, .. } = r;
-    let _ = stop.send(());
+    stop.stop().await;
     let snapshot = std::fs::read_to_string(path.join("registry/snapshot.json")).unwrap();
     assert!(snapshot.contains("u-1"));
 
@@ -136,7 +131,7 @@ async fn restart_restores_the_snapshot() {
     let s = again.client.service("users", None).await.unwrap();
     assert_eq!(s.instances.len(), 1, "known instances survive a restart");
     assert!(s.instances[0].healthy);
-    let _ = again.stop.send(());
+    again.stop.stop().await;
 }
 
 #[tokio::test]
@@ -205,5 +200,5 @@ async fn bad_input_gets_problem_documents() {
         .await
         .unwrap();
     assert_eq!(res.status(), 405);
-    let _ = r.stop.send(());
+    r.stop.stop().await;
 }

@@ -62,18 +62,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 12000))
-        if [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] && ! grep -qx "$p" "$TMP/ports" 2>/dev/null; then
-            echo "$p" >>"$TMP/ports"
-            echo "$p"
-            return
-        fi
-    done
-    die "no free port found"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Status code of GET $2 on 127.0.0.1:$1 without forking (bash /dev/tcp); 000 if refused.
 status_of() {

@@ -1,11 +1,12 @@
-//! Storage plumbing: connection pools and migrations per backend (SQLite, MariaDB/MySQL,
-//! Redis), chosen by URL.
+//! Storage plumbing: connection pools and migrations per backend (SQLite, PostgreSQL,
+//! MariaDB/MySQL, Redis), chosen by URL.
 //!
 //! Each service owns its store (database per service); this module only opens
 //! connections, applies the service's own versioned migrations at start, and turns
 //! connection failures into errors that name the setting, with credentials redacted.
 
 pub mod mysql;
+pub mod postgres;
 pub mod redis;
 pub mod sqlite;
 
@@ -89,4 +90,43 @@ mod tests {
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
         assert_eq!(scheme("redis://h"), "redis");
     }
+}
+
+/// Connects to a database server at `url` (failing fast if it is not there) and applies
+/// `migrations`: the shared body of [`postgres::open`] and [`mysql::open`].
+async fn open_server<DB>(
+    url: &str,
+    setting: &str,
+    migrations: &'static [Migration],
+) -> Result<sqlx::Pool<DB>, StoreError>
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    use sqlx::Connection;
+    use std::str::FromStr;
+    let connect_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Connect {
+        setting: setting.to_owned(),
+        url: redact(url),
+        source: e,
+    };
+    let options = <DB::Connection as Connection>::Options::from_str(url)
+        .map_err(|e| connect_err(Box::new(e)))?;
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(16)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|e| connect_err(Box::new(e)))?;
+    let migrate_err = |source| StoreError::Migrate {
+        url: redact(url),
+        source,
+    };
+    sqlx::migrate::Migrator::new(sqlite::Embedded(migrations))
+        .await
+        .map_err(migrate_err)?
+        .run(&pool)
+        .await
+        .map_err(migrate_err)?;
+    Ok(pool)
 }

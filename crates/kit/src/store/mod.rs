@@ -9,6 +9,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
+pub mod testing;
 
 /// A store could not be opened or prepared.
 #[derive(Debug, thiserror::Error)]
@@ -79,19 +80,6 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact("postgres://u:p@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
-        assert_eq!(scheme("redis://h"), "redis");
-    }
-}
-
 /// Connects to a database server at `url` (failing fast if it is not there) and applies
 /// `migrations`: the shared body of [`postgres::open`] and [`mysql::open`].
 async fn open_server<DB>(
@@ -129,4 +117,17 @@ where
         .await
         .map_err(migrate_err)?;
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("postgres://u:p@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(scheme("redis://h"), "redis");
+    }
 }

@@ -55,23 +55,7 @@ pub enum Chaos {
 
 /// Runs a chaos command.
 pub fn chaos(cmd: Chaos) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("flotilla chaos: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cmd)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flotilla chaos: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::block_on("chaos", run(cmd))
 }
 
 fn millis(text: &str) -> anyhow::Result<u64> {

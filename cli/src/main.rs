@@ -4,6 +4,7 @@
 //! so every service is its own OS process while users build one artifact.
 #![forbid(unsafe_code)]
 
+mod bus;
 mod chaos;
 mod services;
 mod status;
@@ -38,6 +39,8 @@ enum Command {
     /// Break things on purpose: inject faults, kill instances.
     #[command(subcommand)]
     Chaos(chaos::Chaos),
+    /// Inspect the event bus: subjects, groups and lag, events, dead letters; replay.
+    Bus(bus::Bus),
     /// Run one service in the foreground (what `up` spawns; what a container runs).
     Run {
         /// The service: one of the names `flotilla status` lists.
@@ -53,5 +56,28 @@ fn main() -> ExitCode {
         Command::Up { data_dir } => up::up(data_dir),
         Command::Status => status::status(),
         Command::Chaos(cmd) => chaos::chaos(cmd),
+        Command::Bus(cmd) => bus::bus(cmd),
+    }
+}
+
+/// Runs one command's async body on a small runtime, printing its error as
+/// `flotilla <name>: …`.
+fn block_on(name: &str, body: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flotilla {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla {name}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -311,6 +311,24 @@ pub async fn connect(url: &str, setting: &str) -> Result<Arc<dyn EventBus>, BusE
     }
 }
 
+/// The bus URL of this process: `FLOTILLA_BUS` if set, else [`DEFAULT_BUS_URL`].
+pub fn url_from_env() -> String {
+    std::env::var("FLOTILLA_BUS")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_BUS_URL.to_owned())
+}
+
+/// The bus for a producer that must start even when the bus is not up yet: the embedded
+/// bus is reached lazily (its outbox relay retries until it answers); NATS is connected
+/// at once, since its client reconnects by itself once it has connected.
+pub async fn for_producer(url: &str, setting: &str) -> Result<Arc<dyn EventBus>, BusError> {
+    match kit::store::scheme(url) {
+        "bus" => Ok(Arc::new(embedded::EmbeddedBus::new(url, setting)?)),
+        _ => connect(url, setting).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

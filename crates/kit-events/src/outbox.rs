@@ -13,21 +13,25 @@
 //! transaction as the effect** ([`record_handled`]); a redelivered event finds its id
 //! and has no second effect.
 //!
-//! The schema ([`SQLITE_SCHEMA`]) goes into the service's own migrations. The SQL is
-//! plain (no `RETURNING`, no upsert dialect) so PostgreSQL and MariaDB versions of the
-//! same two tables and statements can follow; only placeholders and the
-//! auto-increment column differ.
+//! The schemas ([`SQLITE_SCHEMA`], [`MYSQL_SCHEMA`], [`POSTGRES_SCHEMA`]) go into the
+//! service's own migrations. [`enqueue`] and [`record_handled`] are the SQLite versions;
+//! [`mysql`] and [`postgres`] hold the same two functions for those backends, and every
+//! backend's pool is an [`OutboxStore`] that a [`Relay`] drains.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::{Sqlite, SqlitePool};
+use kit::discovery::BoxFuture;
 use tokio::sync::Notify;
 
 use crate::{Event, EventBus};
 
 /// The outbox and inbox tables for SQLite; add it to the service's migrations.
 pub const SQLITE_SCHEMA: &str = include_str!("../migrations/sqlite/outbox_inbox.sql");
+/// The outbox and inbox tables for MariaDB / MySQL.
+pub const MYSQL_SCHEMA: &str = include_str!("../migrations/mysql/outbox_inbox.sql");
+/// The outbox and inbox tables for PostgreSQL.
+pub const POSTGRES_SCHEMA: &str = include_str!("../migrations/postgres/outbox_inbox.sql");
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -36,42 +40,196 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes `event` for `subject` into the outbox, inside the caller's transaction.
-pub async fn enqueue<'c, E>(executor: E, subject: &str, event: &Event) -> Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = Sqlite>,
-{
-    let payload = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("INSERT INTO outbox (event_id, subject, payload, created_ms) VALUES (?, ?, ?, ?)")
-        .bind(&event.id)
-        .bind(subject)
-        .bind(payload)
-        .bind(now_ms())
-        .execute(executor)
-        .await?;
-    Ok(())
+/// One unsent outbox row, as the relay reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Publish order.
+    pub position: i64,
+    /// The subject to publish on.
+    pub subject: String,
+    /// The CloudEvent, as JSON.
+    pub payload: String,
+    /// Failed publishes so far.
+    pub attempts: i64,
+    /// Not before this time (ms since the epoch).
+    pub next_attempt_ms: i64,
 }
 
-/// Records that `consumer` handled `event_id`, inside the transaction that applies the
-/// effect. Returns `false` if it was handled before: apply nothing, just acknowledge.
-pub async fn record_handled<'c, E>(
-    executor: E,
-    consumer: &str,
-    event_id: &str,
-) -> Result<bool, sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = Sqlite>,
-{
-    let done = sqlx::query(
-        "INSERT INTO inbox (consumer, event_id, handled_ms) VALUES (?, ?, ?)
-         ON CONFLICT (consumer, event_id) DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(event_id)
-    .bind(now_ms())
-    .execute(executor)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// The outbox table of one database, as the [`Relay`] uses it. Implemented for
+/// `SqlitePool`, `MySqlPool` and `PgPool`.
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Up to `limit` unsent rows, oldest first.
+    fn due(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>, sqlx::Error>>;
+    /// Marks a row published.
+    fn mark_sent(&self, position: i64) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    /// Records a failed publish and when to try again.
+    fn mark_failed(
+        &self,
+        position: i64,
+        attempts: i64,
+        next_attempt_ms: i64,
+        error: String,
+    ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    /// Rows not yet published.
+    fn unsent(&self) -> BoxFuture<'_, Result<i64, sqlx::Error>>;
+    /// Deletes rows sent before `cutoff_ms`.
+    fn purge_sent(&self, cutoff_ms: i64) -> BoxFuture<'_, Result<u64, sqlx::Error>>;
+}
+
+/// The statements of one SQL dialect; only placeholders and the "insert unless present"
+/// form differ.
+struct Dialect {
+    enqueue: &'static str,
+    handled: &'static str,
+    due: &'static str,
+    sent: &'static str,
+    failed: &'static str,
+    unsent: &'static str,
+    purge: &'static str,
+}
+
+const QUESTION_MARKS: Dialect = Dialect {
+    enqueue: "INSERT INTO outbox (event_id, subject, payload, created_ms) VALUES (?, ?, ?, ?)",
+    handled: "INSERT INTO inbox (consumer, event_id, handled_ms) VALUES (?, ?, ?) \
+              ON CONFLICT (consumer, event_id) DO NOTHING",
+    due: "SELECT position, subject, payload, attempts, next_attempt_ms FROM outbox \
+          WHERE sent_ms IS NULL ORDER BY position LIMIT ?",
+    sent: "UPDATE outbox SET sent_ms = ?, last_error = NULL WHERE position = ?",
+    failed: "UPDATE outbox SET attempts = ?, next_attempt_ms = ?, last_error = ? WHERE position = ?",
+    unsent: "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL",
+    purge: "DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < ?",
+};
+
+const SQLITE: Dialect = QUESTION_MARKS;
+
+const MYSQL: Dialect = Dialect {
+    handled: "INSERT IGNORE INTO inbox (consumer, event_id, handled_ms) VALUES (?, ?, ?)",
+    ..QUESTION_MARKS
+};
+
+const POSTGRES: Dialect = Dialect {
+    enqueue: "INSERT INTO outbox (event_id, subject, payload, created_ms) VALUES ($1, $2, $3, $4)",
+    handled: "INSERT INTO inbox (consumer, event_id, handled_ms) VALUES ($1, $2, $3) \
+              ON CONFLICT (consumer, event_id) DO NOTHING",
+    due: "SELECT position, subject, payload, attempts, next_attempt_ms FROM outbox \
+          WHERE sent_ms IS NULL ORDER BY position LIMIT $1",
+    sent: "UPDATE outbox SET sent_ms = $1, last_error = NULL WHERE position = $2",
+    failed: "UPDATE outbox SET attempts = $1, next_attempt_ms = $2, last_error = $3 WHERE position = $4",
+    unsent: "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL",
+    purge: "DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < $1",
+};
+
+/// One backend: `enqueue`, `record_handled` and the [`OutboxStore`] of its pool.
+macro_rules! backend {
+    ($db:ty, $pool:ty, $dialect:expr) => {
+        /// Writes `event` for `subject` into the outbox, inside the caller's transaction.
+        pub async fn enqueue<'c, E>(
+            executor: E,
+            subject: &str,
+            event: &Event,
+        ) -> Result<(), sqlx::Error>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let payload =
+                serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            sqlx::query($dialect.enqueue)
+                .bind(&event.id)
+                .bind(subject)
+                .bind(payload)
+                .bind(now_ms())
+                .execute(executor)
+                .await?;
+            Ok(())
+        }
+
+        /// Records that `consumer` handled `event_id`, inside the transaction that applies
+        /// the effect. Returns `false` if it was handled before: apply nothing, just
+        /// acknowledge.
+        pub async fn record_handled<'c, E>(
+            executor: E,
+            consumer: &str,
+            event_id: &str,
+        ) -> Result<bool, sqlx::Error>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let done = sqlx::query($dialect.handled)
+                .bind(consumer)
+                .bind(event_id)
+                .bind(now_ms())
+                .execute(executor)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        impl OutboxStore for $pool {
+            fn due(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>, sqlx::Error>> {
+                Box::pin(sqlx::query_as($dialect.due).bind(limit).fetch_all(self))
+            }
+
+            fn mark_sent(&self, position: i64) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+                Box::pin(async move {
+                    sqlx::query($dialect.sent)
+                        .bind(now_ms())
+                        .bind(position)
+                        .execute(self)
+                        .await?;
+                    Ok(())
+                })
+            }
+
+            fn mark_failed(
+                &self,
+                position: i64,
+                attempts: i64,
+                next_attempt_ms: i64,
+                error: String,
+            ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+                Box::pin(async move {
+                    sqlx::query($dialect.failed)
+                        .bind(attempts)
+                        .bind(next_attempt_ms)
+                        .bind(error)
+                        .bind(position)
+                        .execute(self)
+                        .await?;
+                    Ok(())
+                })
+            }
+
+            fn unsent(&self) -> BoxFuture<'_, Result<i64, sqlx::Error>> {
+                Box::pin(async move {
+                    let (n,): (i64,) = sqlx::query_as($dialect.unsent).fetch_one(self).await?;
+                    Ok(n)
+                })
+            }
+
+            fn purge_sent(&self, cutoff_ms: i64) -> BoxFuture<'_, Result<u64, sqlx::Error>> {
+                Box::pin(async move {
+                    Ok(sqlx::query($dialect.purge)
+                        .bind(cutoff_ms)
+                        .execute(self)
+                        .await?
+                        .rows_affected())
+                })
+            }
+        }
+    };
+}
+
+backend!(sqlx::Sqlite, sqlx::SqlitePool, SQLITE);
+
+/// The outbox and inbox in MariaDB / MySQL ([`MYSQL_SCHEMA`]).
+pub mod mysql {
+    use super::*;
+    backend!(sqlx::MySql, sqlx::MySqlPool, MYSQL);
+}
+
+/// The outbox and inbox in PostgreSQL ([`POSTGRES_SCHEMA`]).
+pub mod postgres {
+    use super::*;
+    backend!(sqlx::Postgres, sqlx::PgPool, POSTGRES);
 }
 
 /// How the relay retries and paces itself.
@@ -126,7 +284,7 @@ pub struct RelayRound {
 /// Publishes committed outbox rows in order and marks them sent.
 #[derive(Clone)]
 pub struct Relay {
-    pool: SqlitePool,
+    store: Arc<dyn OutboxStore>,
     bus: Arc<dyn EventBus>,
     config: RelayConfig,
     wake: Arc<Notify>,
@@ -141,14 +299,31 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// A relay over the service's own database.
-    pub fn new(pool: SqlitePool, bus: Arc<dyn EventBus>, config: RelayConfig) -> Self {
+    /// A relay over the service's own database (any [`OutboxStore`]: a SQLite, MySQL or
+    /// PostgreSQL pool).
+    pub fn new(store: impl OutboxStore, bus: Arc<dyn EventBus>, config: RelayConfig) -> Self {
+        Self::shared(Arc::new(store), bus, config)
+    }
+
+    /// A relay over a store the service also holds elsewhere.
+    pub fn shared(
+        store: Arc<dyn OutboxStore>,
+        bus: Arc<dyn EventBus>,
+        config: RelayConfig,
+    ) -> Self {
         Self {
-            pool,
+            store,
             bus,
             config,
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Wakes on `wake` instead of a notifier of its own: the producer pokes it after
+    /// each commit that wrote outbox rows.
+    pub fn with_notifier(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
     }
 
     /// Poke this after committing outbox rows so they go out at once.
@@ -160,16 +335,17 @@ impl Relay {
     /// failure so events keep their order.
     pub async fn relay_once(&self) -> Result<RelayRound, sqlx::Error> {
         let now = now_ms();
-        let rows: Vec<(i64, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT position, subject, payload, attempts, next_attempt_ms FROM outbox
-             WHERE sent_ms IS NULL ORDER BY position LIMIT ?",
-        )
-        .bind(self.config.batch)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self.store.due(self.config.batch).await?;
         let mut round = RelayRound::default();
-        for (position, subject, payload, attempts, next) in rows {
-            if next > now {
+        for OutboxRow {
+            position,
+            subject,
+            payload,
+            attempts,
+            next_attempt_ms,
+        } in rows
+        {
+            if next_attempt_ms > now {
                 // The oldest unsent row is backing off; later ones wait to keep order.
                 round.failed = true;
                 break;
@@ -180,28 +356,18 @@ impl Relay {
             };
             match self.bus.publish(&subject, &event).await {
                 Ok(_) => {
-                    sqlx::query(
-                        "UPDATE outbox SET sent_ms = ?, last_error = NULL WHERE position = ?",
-                    )
-                    .bind(now_ms())
-                    .bind(position)
-                    .execute(&self.pool)
-                    .await?;
+                    self.store.mark_sent(position).await?;
                     round.sent += 1;
                 }
                 Err(e) => {
                     let attempts = u32::try_from(attempts + 1).unwrap_or(u32::MAX);
                     let delay = self.config.backoff(attempts);
                     tracing::warn!(subject, id = %event.id, attempts, retry_in = ?delay, error = %e, "outbox publish failed");
-                    sqlx::query(
-                        "UPDATE outbox SET attempts = ?, next_attempt_ms = ?, last_error = ? WHERE position = ?",
-                    )
-                    .bind(i64::from(attempts))
-                    .bind(now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)))
-                    .bind(e.to_string())
-                    .bind(position)
-                    .execute(&self.pool)
-                    .await?;
+                    let next = now_ms()
+                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    self.store
+                        .mark_failed(position, i64::from(attempts), next, e.to_string())
+                        .await?;
                     round.failed = true;
                     break;
                 }
@@ -212,22 +378,13 @@ impl Relay {
 
     /// Rows not yet published.
     pub async fn unsent(&self) -> Result<i64, sqlx::Error> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n)
+        self.store.unsent().await
     }
 
     /// Deletes rows sent more than `age` ago.
     pub async fn purge_sent(&self, age: Duration) -> Result<u64, sqlx::Error> {
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        Ok(
-            sqlx::query("DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < ?")
-                .bind(cutoff)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        self.store.purge_sent(cutoff).await
     }
 
     /// Runs forever: relays when poked, every `poll`, and after a failure when the
@@ -282,7 +439,7 @@ mod tests {
         }
     }
 
-    async fn db() -> (tempfile::TempDir, SqlitePool) {
+    async fn db() -> (tempfile::TempDir, sqlx::SqlitePool) {
         static M: &[kit::store::Migration] = &[kit::store::Migration {
             version: 1,
             description: "outbox and inbox",

@@ -31,6 +31,7 @@ pub fn router(log: Arc<Log>) -> Router {
         .route("/v1/subjects/{subject}/events", post(publish))
         .route("/v1/events", get(peek))
         .route("/v1/groups", get(groups))
+        .route("/v1/deadletters/{seq}/replay", post(replay))
         .route("/v1/groups/{group}", put(put_group))
         .route("/v1/groups/{group}/deliveries", get(deliveries))
         .route("/v1/groups/{group}/ack", post(ack))
@@ -41,6 +42,8 @@ pub fn router(log: Arc<Log>) -> Router {
 fn problem(e: LogError) -> Problem {
     match e {
         LogError::NoGroup(g) => Problem::not_found(format!("no consumer group {g:?}")),
+        e @ LogError::NoDeadLetter(_) => Problem::not_found(e.to_string()),
+        e @ LogError::Gone(_) => Problem::conflict(e.to_string()),
         LogError::Db(e) => {
             tracing::error!(error = %e, "bus database failed");
             Problem::internal("the bus database failed")
@@ -227,6 +230,11 @@ async fn nack(
         .await
         .map_err(problem)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn replay(State(log): State<Arc<Log>>, Path(seq): Path<i64>) -> Result<Response, Problem> {
+    let (group, original) = log.replay_dead_letter(seq).await.map_err(problem)?;
+    Ok(axum::Json(serde_json::json!({"group": group, "seq": original})).into_response())
 }
 
 async fn subjects(State(log): State<Arc<Log>>) -> Result<Response, Problem> {

@@ -32,6 +32,12 @@ pub enum LogError {
     /// No such consumer group.
     #[error("no consumer group {0:?}")]
     NoGroup(String),
+    /// No dead letter at this position.
+    #[error("no dead letter at position {0}")]
+    NoDeadLetter(i64),
+    /// The dead letter's original event is no longer retained.
+    #[error("the original of dead letter {0} is no longer in the log")]
+    Gone(i64),
     /// The database failed.
     #[error("bus database: {0}")]
     Db(#[from] sqlx::Error),
@@ -555,6 +561,52 @@ impl Log {
             });
         }
         Ok(out)
+    }
+
+    /// Replays the dead letter at position `seq`: its original event is offered again to
+    /// the group that dead-lettered it (and only to it) with a fresh delivery count, and
+    /// the dead letter is removed. Returns the group and the original position.
+    pub async fn replay_dead_letter(&self, seq: i64) -> Result<(String, i64), LogError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT subject, msg_id FROM events WHERE seq = ?")
+                .bind(seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (group, original_id) = row
+            .as_ref()
+            .and_then(|(subject, msg_id)| {
+                let (group, _) = kit_events::parse_dead_letter_subject(subject)?;
+                let id = msg_id.strip_prefix(&format!("dl:{group}:"))?;
+                Some((group.to_owned(), id.to_owned()))
+            })
+            .ok_or(LogError::NoDeadLetter(seq))?;
+        Self::group(&mut tx, &group).await?;
+        let (original,): (i64,) = sqlx::query_as("SELECT seq FROM events WHERE msg_id = ?")
+            .bind(&original_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(LogError::Gone(seq))?;
+        sqlx::query(
+            "INSERT INTO pending (grp, seq, deliveries, consumer, leased_until_ms, deliver_after_ms)
+             VALUES (?, ?, 0, NULL, 0, 0)
+             ON CONFLICT (grp, seq) DO UPDATE SET deliveries = 0, consumer = NULL,
+                 leased_until_ms = 0, deliver_after_ms = 0",
+        )
+        .bind(&group)
+        .bind(original)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM events WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        drop(_w);
+        tracing::info!(group, seq, original, "dead letter replayed");
+        self.changed();
+        Ok((group, original))
     }
 
     /// Up to `limit` events matching `filter` after position `after`, oldest first.

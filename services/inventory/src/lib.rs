@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod store;
 
@@ -89,6 +90,20 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         }
     }
     tokio::spawn(sweep(store.clone(), cfg.sweep_interval));
+    match store.outbox() {
+        Some((outbox, wake)) => {
+            let bus = kit_events::for_producer(&kit_events::url_from_env(), "FLOTILLA_BUS")
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            kit_events::outbox::Relay::shared(outbox, bus, Default::default())
+                .with_notifier(wake)
+                .spawn();
+        }
+        None => tracing::warn!(
+            store = %kit::store::redact(&url),
+            "this store publishes no inventory.* events (only the SQLite store has an outbox)"
+        ),
+    }
     let grpc_routes = proto::grpc_extras(
         tonic::service::Routes::new(grpc::InventoryGrpc::new(store.clone(), cfg.reservation_ttl)),
         &[grpc::SERVICE_NAME],

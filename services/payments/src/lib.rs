@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod ledger;
 pub mod provider;
@@ -77,6 +78,13 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         latency: cfg.provider_latency,
     });
     let payments = ledger::Payments::new(ledger.clone(), provider);
+    let (outbox, wake) = ledger.outbox();
+    let bus = kit_events::for_producer(&kit_events::url_from_env(), "FLOTILLA_BUS")
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    kit_events::outbox::Relay::shared(outbox, bus, Default::default())
+        .with_notifier(wake)
+        .spawn();
     let grpc_routes = proto::grpc_extras(
         tonic::service::Routes::new(grpc::PaymentsGrpc::new(payments.clone())),
         &[grpc::SERVICE_NAME],

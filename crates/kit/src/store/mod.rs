@@ -9,6 +9,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
+pub mod testing;
 
 /// A store could not be opened or prepared.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,12 @@
 //! SQLite backend (embedded default).
 
+use std::sync::Arc;
+
 use kit::discovery::BoxFuture;
 use kit::store::{Migration, StoreError};
+use kit_events::outbox::{OutboxStore, enqueue};
 use sqlx::{FromRow, SqlitePool};
+use tokio::sync::Notify;
 
 use super::{CatalogError, CatalogStore};
 use crate::domain::{
@@ -20,6 +24,11 @@ static MIGRATIONS: &[Migration] = &[
         description: "reservations",
         sql: include_str!("../../migrations/sqlite/0002_reservations.sql"),
     },
+    Migration {
+        version: 3,
+        description: "outbox and inbox",
+        sql: kit_events::outbox::SQLITE_SCHEMA,
+    },
 ];
 
 /// Write transactions take the write lock up front (`BEGIN IMMEDIATE`): a deferred
@@ -32,6 +41,7 @@ const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 #[derive(Debug, Clone)]
 pub struct SqliteCatalog {
     pool: SqlitePool,
+    wake: Arc<Notify>,
 }
 
 #[derive(FromRow)]
@@ -128,6 +138,7 @@ impl SqliteCatalog {
     pub async fn open(url: &str, setting: &str) -> Result<Self, StoreError> {
         Ok(Self {
             pool: kit::store::sqlite::open(url, setting, MIGRATIONS).await?,
+            wake: Arc::new(Notify::new()),
         })
     }
 }
@@ -308,13 +319,30 @@ impl CatalogStore for SqliteCatalog {
                 .await
                 .map_err(backend)?;
             }
-            tx.commit().await.map_err(backend)?;
-            Ok(Reservation {
+            let reservation = Reservation {
                 order_id,
                 lines,
                 status: ReservationStatus::Reserved,
                 expires_at_ms,
-            })
+            };
+            let (subject, event) = crate::events::reserved(&reservation);
+            enqueue(&mut *tx, subject, &event).await.map_err(backend)?;
+            for line in &reservation.lines {
+                let (available,): (i64,) =
+                    sqlx::query_as("SELECT stock - reserved FROM products WHERE sku = ?")
+                        .bind(line.sku.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                if let Some((subject, event)) =
+                    crate::events::low_stock(line.sku.as_str(), available)
+                {
+                    enqueue(&mut *tx, subject, &event).await.map_err(backend)?;
+                }
+            }
+            tx.commit().await.map_err(backend)?;
+            self.wake.notify_one();
+            Ok(reservation)
         })
     }
 
@@ -369,7 +397,17 @@ impl CatalogStore for SqliteCatalog {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
+                    let reason = match to {
+                        ReservationStatus::Released => Some("released"),
+                        ReservationStatus::Expired => Some("expired"),
+                        _ => None,
+                    };
+                    if let Some(reason) = reason {
+                        let (subject, event) = crate::events::released(&order_id, &r.lines, reason);
+                        enqueue(&mut *tx, subject, &event).await.map_err(backend)?;
+                    }
                     tx.commit().await.map_err(backend)?;
+                    self.wake.notify_one();
                     r.status = to;
                     match refuse {
                         Some(e) => Err(e),
@@ -388,6 +426,10 @@ impl CatalogStore for SqliteCatalog {
             let mut conn = self.pool.acquire().await.map_err(backend)?;
             load_reservation(&mut conn, &order_id).await
         })
+    }
+
+    fn outbox(&self) -> Option<(Arc<dyn OutboxStore>, Arc<Notify>)> {
+        Some((Arc::new(self.pool.clone()), self.wake.clone()))
     }
 
     fn due(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<String>, ReservationError>> {

@@ -357,6 +357,47 @@ async fn sqlite_conformance() {
     no_overselling(store).await;
 }
 
+#[tokio::test]
+async fn sqlite_reservations_write_their_events_in_the_same_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/inventory.db", dir.path().display());
+    let s = open(&url, "FLOTILLA_INVENTORY__STORE", "").await.unwrap();
+    let (outbox, _) = s.outbox().expect("SQLite has an outbox");
+    s.create(product("T-A", 7)).await.unwrap();
+    s.create(product("T-B", 1)).await.unwrap();
+    // Refused reservations publish nothing.
+    assert!(
+        s.reserve("o-no".into(), lines(&[("T-A", 1), ("T-B", 2)]), FAR)
+            .await
+            .is_err()
+    );
+    assert_eq!(outbox.unsent().await.unwrap(), 0);
+    s.reserve("o1".into(), lines(&[("T-A", 3)]), FAR)
+        .await
+        .unwrap();
+    s.reserve("o1".into(), lines(&[("T-A", 3)]), FAR)
+        .await
+        .unwrap();
+    s.finish("o1".into(), Action::Release, 0).await.unwrap();
+    s.finish("o1".into(), Action::Release, 0).await.unwrap();
+    let subjects: Vec<String> = outbox
+        .due(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.subject)
+        .collect();
+    // 7 - 3 = 4 available is low stock; a repeated reserve or release adds nothing.
+    assert_eq!(
+        subjects,
+        [
+            "inventory.reserved",
+            "inventory.low_stock",
+            "inventory.released"
+        ]
+    );
+}
+
 /// A Redis store under a fresh prefix, or `None` when Redis is not reachable.
 async fn redis_store() -> Option<redis::RedisCatalog> {
     let url = test_redis().await?;

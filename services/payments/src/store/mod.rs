@@ -84,6 +84,14 @@ pub trait Ledger: Send + Sync + 'static {
     fn seen(&self, payment_id: String, key: String) -> BoxFuture<'_, Result<bool, LedgerError>>;
     /// Applies a change (see [`Change`]).
     fn apply(&self, change: Change) -> BoxFuture<'_, Result<Applied, LedgerError>>;
+    /// The outbox in the ledger's database, and the notifier poked after each commit
+    /// that wrote to it (for the relay).
+    fn outbox(
+        &self,
+    ) -> (
+        Arc<dyn kit_events::outbox::OutboxStore>,
+        Arc<tokio::sync::Notify>,
+    );
     /// Checks the backend answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), LedgerError>>;
 }

@@ -1,24 +1,42 @@
 //! The SQL backends: SQLite (embedded default) and MariaDB/MySQL (production), from one
 //! implementation written against both.
 
+use std::sync::Arc;
+
 use kit::discovery::BoxFuture;
 use kit::store::{Migration, StoreError};
+use kit_events::outbox::OutboxStore;
 use sqlx::FromRow;
+use tokio::sync::Notify;
 
 use super::{Applied, Begin, Change, Ledger, LedgerError};
 use crate::domain::{Payment, Status, now_rfc3339};
 
-static SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "payments",
-    sql: include_str!("../../migrations/sqlite/0001_payments.sql"),
-}];
+static SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "payments",
+        sql: include_str!("../../migrations/sqlite/0001_payments.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "outbox and inbox",
+        sql: kit_events::outbox::SQLITE_SCHEMA,
+    },
+];
 
-static MYSQL_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "payments",
-    sql: include_str!("../../migrations/mysql/0001_payments.sql"),
-}];
+static MYSQL_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "payments",
+        sql: include_str!("../../migrations/mysql/0001_payments.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "outbox and inbox",
+        sql: kit_events::outbox::MYSQL_SCHEMA,
+    },
+];
 
 #[derive(FromRow)]
 struct Row {
@@ -63,11 +81,12 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 }
 
 macro_rules! ledger {
-    ($(#[$doc:meta])* $name:ident, $pool:ty, $open:path, $migrations:ident) => {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $pool:ty, $open:path, $migrations:ident, $enqueue:path) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub struct $name {
             pool: $pool,
+            wake: Arc<Notify>,
         }
 
         impl $name {
@@ -75,7 +94,25 @@ macro_rules! ledger {
             pub async fn open(url: &str, setting: &str) -> Result<Self, StoreError> {
                 Ok(Self {
                     pool: $open(url, setting, $migrations).await?,
+                    wake: Arc::new(Notify::new()),
                 })
+            }
+
+            /// Reads a payment inside a transaction and writes `event` for it into the
+            /// outbox of the same transaction.
+            async fn publish_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                id: &str,
+                event: impl FnOnce(&Payment) -> Option<(&'static str, kit_events::Event)>,
+            ) -> Result<(), LedgerError> {
+                let row: Row = sqlx::query_as(&format!("{SELECT} WHERE id = ?"))
+                    .bind(id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                if let Some((subject, e)) = event(&Payment::try_from(row)?) {
+                    $enqueue(&mut **tx, subject, &e).await?;
+                }
+                Ok(())
             }
 
             async fn fetch(&self, column: &str, value: &str) -> Result<Option<Payment>, LedgerError> {
@@ -132,7 +169,8 @@ macro_rules! ledger {
                 decline_reason: Option<String>,
             ) -> BoxFuture<'_, Result<Payment, LedgerError>> {
                 Box::pin(async move {
-                    sqlx::query(
+                    let mut tx = self.pool.begin().await?;
+                    let changed = sqlx::query(
                         "UPDATE payments SET status = ?, provider_ref = ?, decline_reason = ?, updated_at = ? \
                          WHERE id = ? AND status = 'pending'",
                     )
@@ -141,8 +179,14 @@ macro_rules! ledger {
                     .bind(decline_reason)
                     .bind(now_rfc3339())
                     .bind(&id)
-                    .execute(&self.pool)
-                    .await?;
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed == 1 {
+                        Self::publish_in(&mut tx, &id, crate::events::authorization).await?;
+                    }
+                    tx.commit().await?;
+                    self.wake.notify_one();
                     self.must(&id).await
                 })
             }
@@ -197,14 +241,15 @@ macro_rules! ledger {
                         return Ok(Applied::Lost);
                     }
                     if let Some((kind, key, amount)) = &c.operation {
+                        let (kind, amount) = (*kind, *amount);
                         let recorded = sqlx::query(
                             "INSERT INTO operations (payment_id, idempotency_key, kind, amount_cents, created_at) \
                              VALUES (?, ?, ?, ?, ?)",
                         )
                         .bind(&c.payment_id)
                         .bind(key)
-                        .bind(*kind)
-                        .bind(*amount)
+                        .bind(kind)
+                        .bind(amount)
                         .bind(&now)
                         .execute(&mut *tx)
                         .await;
@@ -213,10 +258,19 @@ macro_rules! ledger {
                             Err(e) if unique_violation(&e) => return Ok(Applied::Duplicate),
                             Err(e) => return Err(e.into()),
                         }
+                        Self::publish_in(&mut tx, &c.payment_id, |p| {
+                            crate::events::operation(kind, amount, p)
+                        })
+                        .await?;
                     }
                     tx.commit().await?;
+                    self.wake.notify_one();
                     Ok(Applied::Done(Box::new(self.must(&c.payment_id).await?)))
                 })
+            }
+
+            fn outbox(&self) -> (Arc<dyn OutboxStore>, Arc<Notify>) {
+                (Arc::new(self.pool.clone()), self.wake.clone())
             }
 
             fn ping(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
@@ -232,15 +286,19 @@ macro_rules! ledger {
 ledger!(
     /// The ledger in SQLite (embedded default).
     SqliteLedger,
+    sqlx::Sqlite,
     sqlx::SqlitePool,
     kit::store::sqlite::open,
-    SQLITE_MIGRATIONS
+    SQLITE_MIGRATIONS,
+    kit_events::outbox::enqueue
 );
 
 ledger!(
     /// The ledger in MariaDB / MySQL (production).
     MySqlLedger,
+    sqlx::MySql,
     sqlx::MySqlPool,
     kit::store::mysql::open,
-    MYSQL_MIGRATIONS
+    MYSQL_MIGRATIONS,
+    kit_events::outbox::mysql::enqueue
 );

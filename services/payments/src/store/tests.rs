@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use sqlx::Connection;
-
 use super::*;
 use crate::domain::{Card, Money, Operation, Status};
 use crate::ledger::{AuthorizeInput, PaymentError, Payments};
@@ -166,6 +164,32 @@ async fn conformance(ledger: Arc<dyn Ledger>) {
     assert_eq!(end.refunded_cents, 100 * ok, "{ok} refunds succeeded");
     assert!((1..=10).contains(&ok), "{ok}");
     assert_eq!(end.status == Status::Refunded, ok == 10);
+
+    // Every change wrote its event in its own transaction, and nothing else did.
+    let (outbox, _) = ledger.outbox();
+    let rows = outbox.due(1000).await.unwrap();
+    let count = |subject: &str| rows.iter().filter(|r| r.subject == subject).count() as i64;
+    assert_eq!(
+        count("payments.authorized"),
+        3,
+        "o1, o4 after its retry, o5"
+    );
+    assert_eq!(count("payments.declined"), 2);
+    assert_eq!(
+        count("payments.captured"),
+        2,
+        "a repeated capture publishes nothing"
+    );
+    assert_eq!(count("payments.voided"), 1);
+    assert_eq!(
+        count("payments.refunded"),
+        2 + ok,
+        "one per refund that happened"
+    );
+    assert_eq!(rows.len() as i64, 10 + ok);
+    let first: kit_events::Event = serde_json::from_str(&rows[0].payload).unwrap();
+    assert_eq!(first.data["orderId"], "o1");
+    assert_eq!(first.source, "payments");
 }
 
 #[tokio::test]
@@ -175,49 +199,14 @@ async fn sqlite_conformance() {
     conformance(open(&url, "FLOTILLA_PAYMENTS__STORE").await.unwrap()).await;
 }
 
-/// A fresh MariaDB database to test against (dropped by the caller), or `None` (after
-/// saying so) when no server is reachable.
-pub async fn test_mysql() -> Option<(String, String)> {
-    let server = std::env::var("FLOTILLA_TEST_MYSQL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    match sqlx::MySqlConnection::connect(&server).await {
-        Ok(mut conn) => {
-            let db = format!("flotilla_test_{}", uuid::Uuid::new_v4().simple());
-            sqlx::query(&format!("CREATE DATABASE {db}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            Some((format!("{server}/{db}"), db))
-        }
-        Err(e) if std::env::var("FLOTILLA_REQUIRE_INFRA").as_deref() == Ok("1") => {
-            panic!("FLOTILLA_REQUIRE_INFRA=1 but MariaDB is not reachable: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n*** SKIPPING MariaDB store tests: {e} ***\n*** start mariadbd or set FLOTILLA_TEST_MYSQL ***\n"
-            );
-            None
-        }
-    }
-}
-
-async fn drop_database(db: &str) {
-    let server = std::env::var("FLOTILLA_TEST_MYSQL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let mut conn = sqlx::MySqlConnection::connect(&server).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE {db}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn mariadb_conformance() {
-    let Some((url, db)) = test_mysql().await else {
+    use kit::store::testing::{Server, TestDatabase};
+    let Some(db) = TestDatabase::create(Server::MySql).await else {
         return;
     };
-    conformance(open(&url, "FLOTILLA_TEST_MYSQL").await.unwrap()).await;
-    drop_database(&db).await;
+    conformance(open(&db.url, "FLOTILLA_TEST_MYSQL").await.unwrap()).await;
+    db.drop_database().await;
 }
 
 #[tokio::test]

@@ -255,8 +255,7 @@ proptest! {
                         .collect();
                     let undos: Vec<String> = applied.iter().filter(|k| k.contains(":u")).cloned().collect();
                     assert_eq!(undos, expected);
-                    for i in 0..n {
-                        let st = &s.steps[i];
+                    for (i, st) in s.steps.iter().enumerate() {
                         if done.contains(&i) && compensated[i] {
                             assert_eq!(st.status, StepStatus::Compensated);
                         } else {

@@ -34,8 +34,9 @@ pub struct OrdersConfig {
     /// Store URL (`FLOTILLA_ORDERS__STORE`): `sqlite://…` (default
     /// `<data dir>/orders/orders.db`).
     pub store: Option<String>,
-    /// Event bus URL (`FLOTILLA_ORDERS__BUS`): `bus://host:port` or `nats://host:port`.
-    pub bus: String,
+    /// Event bus URL (`FLOTILLA_ORDERS__BUS`): `bus://host:port` or `nats://host:port`;
+    /// unset, the system-wide `FLOTILLA_BUS`, else the embedded bus's default address.
+    pub bus: Option<String>,
     /// Time allowed for one call to inventory or payments (`FLOTILLA_ORDERS__CALL_TIMEOUT`).
     #[serde(with = "kit::config::duration")]
     pub call_timeout: Duration,
@@ -61,7 +62,7 @@ impl Default for OrdersConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             admin_listen: ([127, 0, 0, 1], 0).into(),
             store: None,
-            bus: kit_events::DEFAULT_BUS_URL.to_owned(),
+            bus: None,
             call_timeout: Duration::from_secs(5),
             step_deadline: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
@@ -99,14 +100,19 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     });
     let mut store = store::OrderStore::open(&url, &ctx.setting("store")).await?;
 
-    let bus: Arc<dyn kit_events::EventBus> = if kit::store::scheme(&cfg.bus) == "bus" {
+    let bus_url = cfg
+        .bus
+        .clone()
+        .or_else(|| std::env::var("FLOTILLA_BUS").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| kit_events::DEFAULT_BUS_URL.to_owned());
+    let bus: Arc<dyn kit_events::EventBus> = if kit::store::scheme(&bus_url) == "bus" {
         // The embedded bus may start after orders: the relay retries until it answers.
         Arc::new(
-            kit_events::embedded::EmbeddedBus::new(&cfg.bus, &ctx.setting("bus"))
+            kit_events::embedded::EmbeddedBus::new(&bus_url, &ctx.setting("bus"))
                 .map_err(|e| StartError::Other(e.to_string()))?,
         )
     } else {
-        kit_events::connect(&cfg.bus, &ctx.setting("bus"))
+        kit_events::connect(&bus_url, &ctx.setting("bus"))
             .await
             .map_err(|e| StartError::Other(e.to_string()))?
     };

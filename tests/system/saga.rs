@@ -24,7 +24,13 @@ async fn orders_instance(sys: &System) -> (String, u32) {
     panic!("orders never registered:\n{}", sys.logs());
 }
 
-async fn post(sys: &System, url: &str, user: &str, roles: &str, body: &Value) -> Option<(u16, Value)> {
+async fn post(
+    sys: &System,
+    url: &str,
+    user: &str,
+    roles: &str,
+    body: &Value,
+) -> Option<(u16, Value)> {
     let res = sys
         .http
         .post(url)

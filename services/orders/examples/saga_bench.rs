@@ -51,7 +51,11 @@ async fn main() {
         .unwrap()
         .spawn();
     let orders = orders::build(
-        Context::new("orders", cfg().merged("orders", json!({"bus": "bus://127.0.0.1:9"}))).unwrap(),
+        Context::new(
+            "orders",
+            cfg().merged("orders", json!({"bus": "bus://127.0.0.1:9"})),
+        )
+        .unwrap(),
     )
     .await
     .unwrap()
@@ -62,8 +66,10 @@ async fn main() {
             .header("x-flotilla-roles", "admin")
     };
     admin(http.post(format!("http://{}/api/products", inventory.public_addr())))
-        .json(&json!({"sku": "BENCH-1", "name": "Bench", "description": "x",
-                      "price_cents": 100, "currency": "EUR", "stock": 1_000_000}))
+        .json(
+            &json!({"sku": "BENCH-1", "name": "Bench", "description": "x",
+                      "price_cents": 100, "currency": "EUR", "stock": 1_000_000}),
+        )
         .send()
         .await
         .unwrap();
@@ -122,7 +128,9 @@ async fn main() {
     }
     let finished = started.elapsed();
     to_confirmed.sort_unstable();
-    let pct = |p: f64| to_confirmed[((to_confirmed.len() as f64 * p) as usize).min(to_confirmed.len() - 1)];
+    let pct = |p: f64| {
+        to_confirmed[((to_confirmed.len() as f64 * p) as usize).min(to_confirmed.len() - 1)]
+    };
     println!(
         "orders={orders_n} clients={clients} placed_in={placed:.2?} all_captured_in={finished:.2?} \
          throughput={:.0} orders/s p50_to_confirmed={}ms p99_to_confirmed={}ms",

@@ -306,41 +306,33 @@ pub fn saga_data(order: &Order) -> Value {
     })
 }
 
+/// The fields every `orders.*` event carries, from the saga's data.
+fn event_data(data: &Value, at: &str) -> Value {
+    json!({
+        "orderId": data["order_id"],
+        "userId": data["user_id"],
+        "items": data["items"],
+        "total_cents": data["total_cents"],
+        "currency": data["currency"],
+        "timestamp": at,
+    })
+}
+
 /// `orders.created` data (API.md).
 pub fn created_event(order: &Order) -> Value {
-    json!({
-        "orderId": order.id,
-        "userId": order.user_id,
-        "items": order.items.iter().map(|l| json!({"sku": l.sku, "quantity": l.quantity})).collect::<Vec<_>>(),
-        "total_cents": order.total_cents,
-        "currency": order.currency,
-        "timestamp": order.created_at,
-    })
+    event_data(&saga_data(order), &order.created_at)
 }
 
 /// `orders.confirmed` data.
 pub fn confirmed_event(saga: &SagaState, at: &str) -> Value {
-    json!({
-        "orderId": saga.id,
-        "userId": saga.data["user_id"],
-        "items": saga.data["items"],
-        "total_cents": saga.data["total_cents"],
-        "currency": saga.data["currency"],
-        "timestamp": at,
-    })
+    event_data(&saga.data, at)
 }
 
 /// `orders.cancelled` data, with the reason.
 pub fn cancelled_event(saga: &SagaState, reason: &str, at: &str) -> Value {
-    json!({
-        "orderId": saga.id,
-        "userId": saga.data["user_id"],
-        "items": saga.data["items"],
-        "total_cents": saga.data["total_cents"],
-        "currency": saga.data["currency"],
-        "reason": reason,
-        "timestamp": at,
-    })
+    let mut data = event_data(&saga.data, at);
+    data["reason"] = json!(reason);
+    data
 }
 
 /// One entry of an order's step timeline.

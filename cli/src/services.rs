@@ -4,7 +4,14 @@ use std::process::ExitCode;
 
 /// Every service, registry first (others register with it), then the event bus (others
 /// publish to it), gateway last.
-pub const NAMES: &[&str] = &["registry", "bus", "inventory", "payments", "gateway"];
+pub const NAMES: &[&str] = &[
+    "registry",
+    "bus",
+    "inventory",
+    "payments",
+    "orders",
+    "gateway",
+];
 
 /// Runs one service in the foreground until SIGINT/SIGTERM.
 pub fn run(name: &str) -> ExitCode {
@@ -13,6 +20,7 @@ pub fn run(name: &str) -> ExitCode {
         "bus" => kit::service::main("bus", bus::run),
         "inventory" => kit::service::main("inventory", inventory::run),
         "payments" => kit::service::main("payments", payments::run),
+        "orders" => kit::service::main("orders", orders::run),
         "gateway" => kit::service::main("gateway", gateway::run),
         other => {
             eprintln!("unknown service {other:?}; expected one of {NAMES:?}");

@@ -2,4 +2,5 @@
 
 mod chaos;
 mod harness;
+mod saga;
 mod up;

@@ -9,6 +9,7 @@
 //! upstream fails, `504` when it times out. It never forwards admin, metrics or health
 //! paths.
 
+pub mod aggregate;
 pub mod openapi;
 pub mod proxy;
 pub mod routes;
@@ -88,7 +89,11 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     let service = Service::bind(&ctx, cfg.listen, cfg.admin_listen).await?;
     Ok(service
         .body_limit(body_limit)
-        .router(router(gateway.clone()).merge(openapi::router(gateway.clone())))
+        .router(
+            router(gateway.clone())
+                .merge(openapi::router(gateway.clone()))
+                .merge(aggregate::router(gateway.clone())),
+        )
         .admin_routes(admin_router(gateway)))
 }
 

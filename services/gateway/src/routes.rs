@@ -60,6 +60,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
     vec![
         RouteConfig::new("/api/products", "inventory"),
         RouteConfig::new("/api/payments", "payments"),
+        RouteConfig::new("/api/orders", "orders"),
     ]
 }
 

@@ -25,6 +25,10 @@ pub enum Chaos {
         /// Answer with this status (400–599).
         #[arg(long)]
         abort: Option<u16>,
+        /// For gRPC calls, answer this gRPC status code (1–16, e.g. 14 UNAVAILABLE);
+        /// without `--abort`, only gRPC calls are aborted.
+        #[arg(long)]
+        grpc_code: Option<u32>,
         /// Add latency: `200ms`, or a range `100ms..300ms`.
         #[arg(long)]
         delay: Option<String>,
@@ -66,14 +70,15 @@ fn millis(text: &str) -> anyhow::Result<u64> {
 
 fn rule(
     abort: Option<u16>,
+    grpc_code: Option<u32>,
     delay: Option<String>,
     percent: f64,
     route: Option<String>,
     caller: Option<String>,
     lasting: Option<String>,
 ) -> anyhow::Result<FaultRule> {
-    if abort.is_none() && delay.is_none() {
-        bail!("say what to inject: --abort STATUS and/or --delay DURATION");
+    if abort.is_none() && grpc_code.is_none() && delay.is_none() {
+        bail!("say what to inject: --abort STATUS, --grpc-code CODE and/or --delay DURATION");
     }
     let (delay_ms, delay_max_ms) = match delay.as_deref() {
         None => (None, None),
@@ -89,6 +94,7 @@ fn rule(
         .context("--for takes a duration like 60s")?;
     let rule = FaultRule {
         abort,
+        grpc_code,
         delay_ms,
         delay_max_ms,
         percent,
@@ -125,6 +131,7 @@ async fn run(cmd: Chaos) -> anyhow::Result<()> {
         Chaos::Fault {
             service,
             abort,
+            grpc_code,
             delay,
             percent,
             route,
@@ -132,7 +139,9 @@ async fn run(cmd: Chaos) -> anyhow::Result<()> {
             lasting,
         } => {
             let set = FaultSet {
-                rules: vec![rule(abort, delay, percent, route, caller, lasting)?],
+                rules: vec![rule(
+                    abort, grpc_code, delay, percent, route, caller, lasting,
+                )?],
             };
             for (_, i) in instances(Some(&service)).await? {
                 let admin = i
@@ -188,6 +197,7 @@ mod tests {
     fn builds_rules_from_flags() {
         let r = rule(
             Some(503),
+            None,
             Some("100ms..300ms".into()),
             50.0,
             None,
@@ -199,9 +209,12 @@ mod tests {
             (r.delay_ms, r.delay_max_ms, r.for_secs),
             (Some(100), Some(300), Some(60))
         );
-        assert!(rule(None, None, 100.0, None, None, None).is_err());
-        assert!(rule(Some(200), None, 100.0, None, None, None).is_err());
-        assert!(rule(Some(503), None, 101.0, None, None, None).is_err());
-        assert!(rule(Some(503), Some("soon".into()), 1.0, None, None, None).is_err());
+        assert!(rule(None, None, None, 100.0, None, None, None).is_err());
+        assert!(rule(Some(200), None, None, 100.0, None, None, None).is_err());
+        assert!(rule(Some(503), None, None, 101.0, None, None, None).is_err());
+        assert!(rule(Some(503), None, Some("soon".into()), 1.0, None, None, None).is_err());
+        assert!(rule(None, Some(17), None, 100.0, None, None, None).is_err());
+        let g = rule(None, Some(14), None, 100.0, None, None, None).unwrap();
+        assert_eq!((g.abort, g.grpc_code), (None, Some(14)));
     }
 }

@@ -119,6 +119,57 @@ pub fn panic_to_problem(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
     Problem::internal("the request failed unexpectedly").into_response()
 }
 
+/// Whether a request speaks gRPC (`content-type: application/grpc…`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A gRPC error answered at once ("trailers-only"): HTTP 200 with `grpc-status` and
+/// `grpc-message` in the headers, as gRPC clients expect instead of an HTTP error.
+pub fn grpc_error(code: u32, message: &str) -> Response {
+    let mut res = Response::new(Body::empty());
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    let msg: String = message
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_graphic() && b != b'%' || b == b' ' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&msg) {
+        h.insert("grpc-message", v);
+    }
+    res
+}
+
+/// The gRPC code closest to an HTTP status (as gRPC's HTTP mapping has it).
+pub fn grpc_code_for(status: http::StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 3,        // INVALID_ARGUMENT
+        401 => 16,       // UNAUTHENTICATED
+        403 => 7,        // PERMISSION_DENIED
+        404 => 5,        // NOT_FOUND
+        409 => 10,       // ABORTED
+        429 => 8,        // RESOURCE_EXHAUSTED
+        500 => 13,       // INTERNAL
+        501 => 12,       // UNIMPLEMENTED
+        502..=503 => 14, // UNAVAILABLE
+        504 => 4,        // DEADLINE_EXCEEDED
+        _ => 2,          // UNKNOWN
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -406,7 +406,7 @@ impl Service {
         let grace = ctx.common.shutdown_grace;
         let public_task = tokio::spawn(serve(public, public_app, stop_rx.clone(), grace));
         let grpc_task = grpc.map(|(listener, routes)| {
-            tokio::spawn(serve(listener, routes, stop_rx.clone(), grace))
+            tokio::spawn(serve(listener, grpc_stack(routes), stop_rx.clone(), grace))
         });
         let admin_task = tokio::spawn(serve(admin, admin_app, stop_rx, grace));
 
@@ -507,6 +507,22 @@ pub fn public_stack(router: Router, body_limit: usize) -> Router {
         .layer(axum::middleware::from_fn(telemetry::metrics::red))
         .layer(axum::middleware::from_fn(telemetry::trace::server_span))
         .layer(axum::middleware::from_fn(crate::http::request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            crate::http::panic_to_problem,
+        ))
+}
+
+/// The stack around a service's internal gRPC routes: fault injection (aborts answered
+/// as gRPC errors), deadline propagation (`grpc-timeout` or `x-flotilla-deadline-ms`),
+/// RED metrics and server spans continuing the caller's trace.
+pub fn grpc_stack(routes: Router) -> Router {
+    routes
+        .layer(axum::middleware::from_fn(crate::resilience::fault::inject))
+        .layer(axum::middleware::from_fn(
+            crate::resilience::deadline::propagate,
+        ))
+        .layer(axum::middleware::from_fn(telemetry::metrics::red))
+        .layer(axum::middleware::from_fn(telemetry::trace::server_span))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             crate::http::panic_to_problem,
         ))

@@ -5,10 +5,13 @@
 //! build time by protox into tonic clients and servers. The public REST shapes are
 //! described by each service's OpenAPI document instead.
 //!
+//! [`channel::resilient`] puts a client channel behind the kit's resilience stack.
 //! [`grpc_extras`] gives every gRPC server the standard health (`grpc.health.v1`) and
 //! reflection services. The generated servers are mounted on a kit service with
 //! `kit::service::Service::grpc(addr, routes.into_axum_router())`.
 #![forbid(unsafe_code)]
+
+pub mod channel;
 
 /// `flotilla.inventory.v1`: Reserve / Commit / Release, called by the order saga.
 pub mod inventory {

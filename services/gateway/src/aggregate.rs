@@ -3,8 +3,10 @@
 //!
 //! The order comes first (the other parts need its user, SKUs and payment id); then the
 //! user, the products and the payment are fetched concurrently, each call bounded by
-//! [`CALL_TIMEOUT`]. A part whose service is down, slow, unrouted or failing is `null`
-//! and named in `degraded`, and the answer is still `200`. Only the order itself
+//! [`CALL_TIMEOUT`] and passing the service's resilience stack (bulkhead, deadline,
+//! retry, circuit breaker — shared with the proxy, so an open breaker skips a part at
+//! once). A part whose service is down, slow, unrouted or failing is `null` and named
+//! in `degraded` (the aggregation's fallback), and the answer is still `200`. Only the order itself
 //! decides the status: `404` (unknown or not the caller's) and `401` pass through.
 //!
 //! Every call carries the caller's identity as the gateway verified it — the
@@ -18,10 +20,14 @@ use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use futures_util::future::join_all;
+use http_body_util::{BodyExt, Full, Limited};
 use kit::Problem;
+use kit::resilience::ClientStack;
 use kit::security::{Identity, ROLES, SCOPES, USER_ID};
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 use crate::proxy::Gateway;
 use crate::routes;
@@ -32,7 +38,6 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 struct Aggregator {
     gateway: Arc<Gateway>,
-    http: reqwest::Client,
     timeout: Duration,
 }
 
@@ -43,17 +48,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 
 /// Like [`router`] with another per-call timeout.
 pub fn router_with_timeout(gateway: Arc<Gateway>, timeout: Duration) -> Router {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap_or_default();
     Router::new()
         .route("/api/orders/{id}/summary", get(summary))
-        .with_state(Aggregator {
-            gateway,
-            http,
-            timeout,
-        })
+        .with_state(Aggregator { gateway, timeout })
 }
 
 /// Why a part is missing.
@@ -66,14 +63,13 @@ enum Failed {
 }
 
 impl Aggregator {
-    /// `GET path` on the service routed for it, as `caller`.
+    /// `GET path` on the service routed for it, as `caller`, through the service's
+    /// resilience stack (the same bulkhead, breaker and retry budget as the proxy).
     async fn fetch(&self, path: &str, caller: Option<&Identity>) -> Result<Value, Failed> {
-        let (_, upstream) = routes::find(&self.gateway.routes, path).ok_or(Failed::Unavailable)?;
+        let (route, upstream) =
+            routes::find(&self.gateway.routes, path).ok_or(Failed::Unavailable)?;
         let picked = upstream.endpoints.pick().ok_or(Failed::Unavailable)?;
-        let mut req = self
-            .http
-            .get(format!("http://{}{path}", picked.instance.addr))
-            .timeout(self.timeout);
+        let mut req = http::Request::get(format!("http://{}{path}", picked.instance.addr));
         if let Some(id) = caller {
             req = req
                 .header(USER_ID, &id.user_id)
@@ -83,9 +79,24 @@ impl Aggregator {
         if let Some(rid) = kit::http::current_request_id() {
             req = req.header(kit::http::X_REQUEST_ID, rid);
         }
-        let res = req.send().await.map_err(|_| Failed::Unavailable)?;
+        let mut req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| Failed::Unavailable)?;
+        kit::telemetry::trace::inject_current(req.headers_mut());
+        let client = self.gateway.client(route.protocol).clone();
+        let res = ClientStack::new(&upstream.policy, self.timeout)
+            .instance(&picked.instance.id)
+            .layer(client, Full::new)
+            .oneshot(req)
+            .await
+            .map_err(|_| Failed::Unavailable)?;
         let status = res.status().as_u16();
-        let body: Value = res.json().await.map_err(|_| Failed::Unavailable)?;
+        let body = Limited::new(res.into_body(), MAX_PART_BYTES)
+            .collect()
+            .await
+            .map_err(|_| Failed::Unavailable)?
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&body).map_err(|_| Failed::Unavailable)?;
         match status {
             200 => Ok(body),
             400..=499 => Err(Failed::Status(status, body)),
@@ -93,6 +104,9 @@ impl Aggregator {
         }
     }
 }
+
+/// The largest part an aggregation reads.
+const MAX_PART_BYTES: usize = 1024 * 1024;
 
 async fn summary(State(agg): State<Aggregator>, Path(id): Path<String>, req: Request) -> Response {
     let caller = req.extensions().get::<Identity>().cloned();

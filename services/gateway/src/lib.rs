@@ -76,11 +76,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
                 .entry(r.service.clone())
                 .or_insert_with(|| Policy::new(&r.service, &resilience))
                 .clone();
-            let upstream = Upstream {
-                route: r.clone(),
-                endpoints: discovery.endpoints(&r.service),
-                policy,
-            };
+            let upstream = Upstream::new(r.clone(), discovery.endpoints(&r.service), policy);
             (r.clone(), upstream)
         })
         .collect();

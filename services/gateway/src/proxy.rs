@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use kit::Problem;
 use kit::discovery::{Endpoints, Picked};
 use kit::resilience::deadline;
+use kit::resilience::fallback::StaleCache;
 use kit::resilience::retry::{self, Verdict};
 use kit::resilience::{Policy, Rejected};
 use kit::telemetry::metrics::RouteLabel;
@@ -41,7 +42,38 @@ pub struct Upstream {
     pub endpoints: Endpoints,
     /// Breaker, retry and bulkhead for its service.
     pub policy: Policy,
+    /// Last good answers to anonymous `GET`s, when the route serves stale-if-error.
+    pub stale: Option<Arc<StaleCache<String, Cached>>>,
 }
+
+impl Upstream {
+    /// The upstream of `route`, over `endpoints`, under `policy`.
+    pub fn new(route: RouteConfig, endpoints: Endpoints, policy: Policy) -> Self {
+        let stale = route
+            .stale_if_error
+            .map(|age| StaleCache::new(STALE_ENTRIES, age));
+        Self {
+            route,
+            endpoints,
+            policy,
+            stale,
+        }
+    }
+}
+
+/// A remembered good answer (status 200).
+#[derive(Debug, Clone)]
+pub struct Cached {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Answers kept per route for stale-if-error, and the largest body kept.
+const STALE_ENTRIES: usize = 4096;
+const STALE_MAX_BODY: usize = 256 * 1024;
+
+/// Marks an answer served from the stale-if-error fallback.
+pub const X_FLOTILLA_FALLBACK: HeaderName = HeaderName::from_static("x-flotilla-fallback");
 
 /// The gateway's routing state.
 pub struct Gateway {
@@ -67,6 +99,14 @@ impl Gateway {
             .http2_only(true)
             .build(connector);
         Self { routes, http1, h2c }
+    }
+
+    /// The pooled client for `protocol`.
+    pub fn client(&self, protocol: Protocol) -> &UpstreamClient {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::H2c => &self.h2c,
+        }
     }
 }
 
@@ -173,10 +213,7 @@ async fn forward_to(gw: &Gateway, upstream: &Upstream, peer: SocketAddr, req: Re
         .path_and_query()
         .map(|pq| pq.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
-    let client = match route.protocol {
-        Protocol::Http1 => &gw.http1,
-        Protocol::H2c => &gw.h2c,
-    };
+    let client = gw.client(route.protocol);
     let Ok(_slot) = upstream.policy.bulkhead.enter().await else {
         return Problem::unavailable(
             format!("too many concurrent requests to {}", route.service),
@@ -202,7 +239,93 @@ async fn forward_to(gw: &Gateway, upstream: &Upstream, peer: SocketAddr, req: Re
         .retry
         .run(safe, Some(deadline), |_| call.attempt(), Attempt::verdict)
         .await;
-    outcome.into_response(route)
+    match &upstream.stale {
+        Some(cache)
+            if parts.method == http::Method::GET
+                && !parts.headers.contains_key(header::AUTHORIZATION) =>
+        {
+            let accepts_stale = !refuses_stale(&parts.headers);
+            stale_if_error(cache, path_and_query, accepts_stale, outcome, route).await
+        }
+        _ => outcome.into_response(route),
+    }
+}
+
+/// Whether the client asked for a fresh answer (`cache-control: no-cache`/`no-store`,
+/// or `pragma: no-cache`), so no stale one may stand in.
+fn refuses_stale(headers: &HeaderMap) -> bool {
+    let says = |name: HeaderName| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                matches!(
+                    d.trim().to_ascii_lowercase().as_str(),
+                    "no-cache" | "no-store"
+                )
+            })
+    };
+    says(header::CACHE_CONTROL) || says(header::PRAGMA)
+}
+
+/// The stale-if-error fallback: remembers good answers (bounded in number, size and
+/// age) and answers with the last one when the service fails — its breaker is open, no
+/// instance is up, it errs or times out.
+async fn stale_if_error(
+    cache: &StaleCache<String, Cached>,
+    key: String,
+    accepts_stale: bool,
+    outcome: Attempt,
+    route: &RouteConfig,
+) -> Response {
+    match outcome {
+        Attempt::Answered(res) if res.status() == http::StatusCode::OK => {
+            let small = res
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n <= STALE_MAX_BODY);
+            if !small {
+                return Attempt::Answered(res).into_response(route);
+            }
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            match Limited::new(body, STALE_MAX_BODY).collect().await {
+                Ok(b) => {
+                    let body = b.to_bytes();
+                    cache.put(
+                        key,
+                        Cached {
+                            headers: parts.headers.clone(),
+                            body: body.clone(),
+                        },
+                    );
+                    Response::from_parts(parts, Body::from(body))
+                }
+                Err(_) => Problem::bad_gateway(format!("{} failed while answering", route.service))
+                    .into_response(),
+            }
+        }
+        failed if failed.is_failure() && accepts_stale => match cache.get(&key) {
+            Some((c, age)) => {
+                metrics::counter!("fallbacks_total", "route" => route.prefix.clone()).increment(1);
+                let mut res = Response::new(Body::from(c.body));
+                *res.headers_mut() = c.headers;
+                let h = res.headers_mut();
+                h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+                h.insert(
+                    X_FLOTILLA_FALLBACK,
+                    HeaderValue::from_static("stale-if-error"),
+                );
+                res
+            }
+            None => failed.into_response(route),
+        },
+        other => other.into_response(route),
+    }
 }
 
 /// One forwarded request, attempted once or more.
@@ -235,6 +358,14 @@ impl Attempt {
             Self::Answered(_) | Self::BreakerOpen(_) | Self::NoInstance => Verdict::Done,
             Self::NotConnected => Verdict::NotSent,
             Self::Failed | Self::TimedOut => Verdict::Retryable,
+        }
+    }
+
+    /// Whether the service failed (rather than answered).
+    fn is_failure(&self) -> bool {
+        match self {
+            Self::Answered(res) => kit::resilience::is_failure_status(res.status()),
+            _ => true,
         }
     }
 
@@ -273,20 +404,26 @@ impl Attempt {
 impl Call<'_> {
     async fn attempt(&self) -> Attempt {
         let route = &self.upstream.route;
-        let permit = match self.upstream.policy.breaker.try_acquire() {
-            Ok(p) => p,
-            Err(r) => return Attempt::BreakerOpen(r),
-        };
+        let policy = &self.upstream.policy;
         let picked = {
             let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
-            let picked = pick_untried(&self.upstream.endpoints, &tried);
+            let picked = pick_untried(&self.upstream.endpoints, &tried, policy);
             if let Some(p) = &picked {
                 tried.push(Arc::from(p.instance.id.as_str()));
             }
             picked
         };
         let Some(picked) = picked else {
-            return Attempt::NoInstance;
+            return match policy.breaker.try_acquire() {
+                Err(r) => Attempt::BreakerOpen(r),
+                Ok(_unused) => Attempt::NoInstance,
+            };
+        };
+        // The service's breaker, or this instance's own with per-instance breakers.
+        let breaker = policy.breaker_for(Some(&picked.instance.id));
+        let permit = match breaker.try_acquire() {
+            Ok(p) => p,
+            Err(r) => return Attempt::BreakerOpen(r),
         };
         let addr = picked.instance.addr.as_str();
         let Ok(uri) = format!("http://{addr}{}", self.path_and_query).parse::<Uri>() else {
@@ -353,16 +490,17 @@ fn too_large(route: &RouteConfig) -> Problem {
     ))
 }
 
-/// Picks an instance not tried yet for this request (p2c among the rest); once every
-/// instance was tried, any of them again.
-fn pick_untried(endpoints: &Endpoints, tried: &[Arc<str>]) -> Option<Picked> {
-    if tried.is_empty() {
+/// Picks an instance not tried yet for this request and whose own breaker (with
+/// per-instance breakers) is not open, p2c among those; once none is left, any of them.
+fn pick_untried(endpoints: &Endpoints, tried: &[Arc<str>], policy: &Policy) -> Option<Picked> {
+    if tried.is_empty() && !policy.breaker.config().per_instance {
         return endpoints.pick();
     }
     let rest: Vec<_> = endpoints
         .current()
         .iter()
         .filter(|e| !tried.iter().any(|t| **t == *e.instance.id))
+        .filter(|e| !policy.is_open_for(&e.instance.id))
         .cloned()
         .collect();
     kit::discovery::pick_p2c(&rest).or_else(|| endpoints.pick())

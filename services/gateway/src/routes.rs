@@ -32,6 +32,10 @@ pub struct RouteConfig {
     /// Upstream protocol.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Serve anonymous `GET`s from the last good answer, up to this old, while the
+    /// service fails (RFC 5861 "stale-if-error"; off when absent).
+    #[serde(default, with = "kit::config::optional_duration")]
+    pub stale_if_error: Option<Duration>,
 }
 
 fn default_timeout() -> Duration {
@@ -51,6 +55,7 @@ impl RouteConfig {
             timeout: default_timeout(),
             body_limit: default_body_limit(),
             protocol: Protocol::Http1,
+            stale_if_error: None,
         }
     }
 }
@@ -58,7 +63,12 @@ impl RouteConfig {
 /// The routes `flotilla up` serves by default.
 pub fn default_routes() -> Vec<RouteConfig> {
     vec![
-        RouteConfig::new("/api/products", "inventory"),
+        RouteConfig {
+            // The catalog changes rarely: a recent copy beats an error while inventory
+            // is down.
+            stale_if_error: Some(Duration::from_secs(300)),
+            ..RouteConfig::new("/api/products", "inventory")
+        },
         RouteConfig::new("/api/payments", "payments"),
         RouteConfig::new("/api/orders", "orders"),
     ]

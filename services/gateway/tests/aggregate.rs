@@ -74,11 +74,11 @@ async fn setup() -> Setup {
         .into_iter()
         .chain([gateway::routes::RouteConfig::new("/api/users", "users")])
         .map(|r| {
-            let upstream = Upstream {
-                endpoints: discovery.endpoints(&r.service),
-                policy: Policy::new(&r.service, &ResilienceConfig::default()),
-                route: r.clone(),
-            };
+            let upstream = Upstream::new(
+                r.clone(),
+                discovery.endpoints(&r.service),
+                Policy::new(&r.service, &ResilienceConfig::default()),
+            );
             (r, upstream)
         })
         .collect();

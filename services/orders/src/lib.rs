@@ -121,7 +121,8 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     relay.spawn();
 
     let discovery = Discovery::from_url(&ctx.common.discovery)?;
-    let clients = clients::Clients::new(discovery, cfg.call_timeout);
+    let resilience: kit::resilience::ResilienceConfig = ctx.config.section("resilience")?;
+    let clients = clients::Clients::new(discovery, cfg.call_timeout, &resilience);
     let cards = Arc::new(saga::CardVault::default());
     let engine = ::saga::Engine::new(
         domain::saga_definition(cfg.step_deadline),

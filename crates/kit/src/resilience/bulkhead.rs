@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::stack::{BoxError, CallError};
+
 /// Bulkhead settings for one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -78,6 +80,66 @@ impl Bulkhead {
                 .increment(1);
         }
         result
+    }
+}
+
+/// Tower layer: calls pass through a [`Bulkhead`]; when it is full they fail at once with
+/// [`CallError::BulkheadFull`].
+#[derive(Debug, Clone)]
+pub struct BulkheadLayer {
+    bulkhead: Bulkhead,
+}
+
+impl BulkheadLayer {
+    /// Calls through `bulkhead`.
+    pub fn new(bulkhead: Bulkhead) -> Self {
+        Self { bulkhead }
+    }
+}
+
+impl<S> tower::Layer<S> for BulkheadLayer {
+    type Service = BulkheadService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BulkheadService {
+            inner,
+            bulkhead: self.bulkhead.clone(),
+        }
+    }
+}
+
+/// The service of [`BulkheadLayer`].
+#[derive(Debug, Clone)]
+pub struct BulkheadService<S> {
+    inner: S,
+    bulkhead: Bulkhead,
+}
+
+impl<S, Req> tower::Service<Req> for BulkheadService<S>
+where
+    S: tower::Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    super::stack::always_ready!();
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let bulkhead = self.bulkhead.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let _slot = bulkhead
+                .enter()
+                .await
+                .map_err(|Full| CallError::BulkheadFull {
+                    target: bulkhead.target.clone(),
+                })?;
+            super::stack::ready_call(inner, req).await
+        })
     }
 }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::stack::{BoxError, CallError, Classifier};
+
 /// Breaker settings for one target. Defaults follow the classic pattern: trip after 5
 /// consecutive failures, stay open 60 s, then let 1 probe through.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,8 +48,11 @@ pub struct BreakerConfig {
     /// Probes admitted while half-open; all must succeed to close.
     pub half_open_probes: u32,
     /// A successful call slower than this counts as a failure (`None`: off).
-    #[serde(with = "optional_duration")]
+    #[serde(with = "crate::config::optional_duration")]
     pub slow_call: Option<Duration>,
+    /// One breaker per instance (`target/instance`) instead of one for the whole
+    /// target, so one bad instance is cut off while its healthy peers keep serving.
+    pub per_instance: bool,
 }
 
 impl Default for BreakerConfig {
@@ -60,26 +65,8 @@ impl Default for BreakerConfig {
             open_for: Duration::from_secs(60),
             half_open_probes: 1,
             slow_call: None,
+            per_instance: false,
         }
-    }
-}
-
-mod optional_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => crate::config::duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrap(#[serde(with = "crate::config::duration")] Duration);
-        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
     }
 }
 
@@ -212,6 +199,15 @@ impl CircuitBreaker {
 
     fn now_nanos(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a call now would be rejected (open and not yet due for a probe).
+    pub fn is_rejecting(&self) -> bool {
+        self.state() == State::Open
+            && self
+                .now_nanos()
+                .saturating_sub(self.opened_at.load(Ordering::Acquire))
+                < u64::try_from(self.cfg.open_for.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Asks to make a call. Closed: always admitted. Open: rejected until `open_for`
@@ -437,6 +433,110 @@ impl Drop for Permit<'_> {
         if !self.done && self.probe {
             self.breaker.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+/// Tower layer: calls pass through a [`CircuitBreaker`]; while it is open they fail at
+/// once with [`CallError::BreakerOpen`] without touching the network.
+///
+/// The outcome of each call is judged by a [`Classifier`]; a refused connection is not
+/// charged (the request never reached the target). When the request carries a
+/// [`CallDeadline`](super::deadline::CallDeadline) extension (set by the deadline layer), the
+/// call is cut off at it and the timeout counts as a failure.
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerLayer {
+    breaker: Arc<CircuitBreaker>,
+    classifier: Classifier,
+}
+
+impl CircuitBreakerLayer {
+    /// Calls through `breaker`, judged by `classifier`.
+    pub fn new(breaker: Arc<CircuitBreaker>, classifier: Classifier) -> Self {
+        Self {
+            breaker,
+            classifier,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for CircuitBreakerLayer {
+    type Service = CircuitBreakerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+            classifier: self.classifier,
+        }
+    }
+}
+
+/// The service of [`CircuitBreakerLayer`].
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerService<S> {
+    inner: S,
+    breaker: Arc<CircuitBreaker>,
+    classifier: Classifier,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for CircuitBreakerService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    super::stack::always_ready!();
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let breaker = self.breaker.clone();
+        let classifier = self.classifier;
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let target: Arc<str> = breaker.target.clone();
+            let permit = breaker.try_acquire().map_err(|r| CallError::BreakerOpen {
+                target: target.clone(),
+                retry_after: r.retry_after,
+            })?;
+            let deadline = req
+                .extensions()
+                .get::<super::deadline::CallDeadline>()
+                .copied();
+            let call = async { super::stack::ready_call(inner, req).await };
+            let result = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.at, call).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        permit.failure();
+                        return Err(CallError::TimedOut {
+                            target,
+                            after: d.budget,
+                        }
+                        .into());
+                    }
+                },
+                None => call.await,
+            };
+            match result {
+                Ok(res) => {
+                    permit.record(!classifier.is_failure(&res));
+                    Ok(res)
+                }
+                Err(e) => {
+                    let e = CallError::from_inner(&target, e);
+                    if CallError::find(&e).is_some_and(CallError::not_sent) {
+                        drop(permit);
+                    } else {
+                        permit.failure();
+                    }
+                    Err(e)
+                }
+            }
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! (`x-flotilla-deadline-ms`), so work nobody waits for any more is not started, and
 //! downstream calls never outlive their caller.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
+use super::stack::{BoxError, CallError};
 use crate::errors::Problem;
 
 /// Milliseconds left of the caller's budget.
@@ -26,6 +28,12 @@ tokio::task_local! {
 /// The deadline of the request the current task is handling, if the caller set one.
 pub fn current() -> Option<Instant> {
     CURRENT.try_with(|d| d.0).ok()
+}
+
+/// Runs `fut` with `deadline` as its current deadline (what [`current`] and [`budget`]
+/// see), as the server middleware does for each request.
+pub async fn with_deadline<F: std::future::Future>(deadline: Deadline, fut: F) -> F::Output {
+    CURRENT.scope(deadline, fut).await
 }
 
 /// The time a call may take: `timeout`, shortened to what is left of the current
@@ -48,22 +56,163 @@ pub fn set_header(headers: &mut HeaderMap, deadline: Instant) {
     );
 }
 
-/// Middleware: reads the caller's budget; a request whose budget is already spent is
+/// Middleware: reads the caller's budget (`x-flotilla-deadline-ms` or `grpc-timeout`); a request whose budget is already spent is
 /// answered `504` at once; otherwise the rest runs with [`current`] set.
 pub async fn propagate(req: Request, next: Next) -> Response {
-    let Some(ms) = req
-        .headers()
+    let Some(left) = from_headers(req.headers()) else {
+        return next.run(req).await;
+    };
+    if left.is_zero() {
+        if crate::http::is_grpc(req.headers()) {
+            return crate::http::grpc_error(4, "the caller's deadline has passed");
+        }
+        return Problem::gateway_timeout("the caller's deadline has passed").into_response();
+    }
+    let deadline = Deadline(Instant::now() + left);
+    CURRENT.scope(deadline, next.run(req)).await
+}
+
+/// The standard gRPC deadline header (`grpc-timeout: 1500m`).
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The deadline of one outbound call, put in the request's extensions by
+/// [`DeadlineLayer`] so the layers below it (retry, circuit breaker) respect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDeadline {
+    /// When the call must be answered.
+    pub at: Instant,
+    /// The budget it was given.
+    pub budget: Duration,
+}
+
+/// Writes what is left until `deadline` into the request's headers: always
+/// `x-flotilla-deadline-ms`, and `grpc-timeout` for gRPC requests (so any gRPC server,
+/// ours or not, sees the deadline).
+pub fn stamp(headers: &mut HeaderMap, deadline: Instant) {
+    set_header(headers, deadline);
+    let is_grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        let ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(99_999_999);
+        if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+            headers.insert(GRPC_TIMEOUT, v);
+        }
+    }
+}
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (`H M S m u n`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The caller's remaining budget from the request headers: `x-flotilla-deadline-ms`,
+/// else `grpc-timeout`.
+pub fn from_headers(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
         .get(&DEADLINE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return next.run(req).await;
-    };
-    if ms == 0 {
-        return Problem::gateway_timeout("the caller's deadline has passed").into_response();
+    {
+        return Some(Duration::from_millis(ms));
     }
-    let deadline = Deadline(Instant::now() + Duration::from_millis(ms));
-    CURRENT.scope(deadline, next.run(req)).await
+    headers
+        .get(&GRPC_TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
+/// Tower layer: gives each call a budget — its timeout, cut to what is left of the
+/// current request's deadline — sends the budget on in the request headers, and fails
+/// the call with [`CallError::TimedOut`] when it runs out.
+#[derive(Debug, Clone)]
+pub struct DeadlineLayer {
+    target: Arc<str>,
+    timeout: Duration,
+}
+
+impl DeadlineLayer {
+    /// Calls to `target`, each allowed `timeout` at most.
+    pub fn new(target: &str, timeout: Duration) -> Self {
+        Self {
+            target: Arc::from(target),
+            timeout,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService {
+            inner,
+            target: self.target.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service of [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    target: Arc<str>,
+    timeout: Duration,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for DeadlineService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    super::stack::always_ready!();
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let budget = budget(self.timeout);
+        let at = Instant::now() + budget;
+        let target = self.target.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let timed_out = || CallError::TimedOut {
+                target: target.clone(),
+                after: budget,
+            };
+            if budget.is_zero() {
+                return Err(timed_out().into());
+            }
+            req.extensions_mut().insert(CallDeadline { at, budget });
+            stamp(req.headers_mut(), at);
+            let call = async { super::stack::ready_call(inner, req).await };
+            match tokio::time::timeout_at(at, call).await {
+                Ok(r) => r.map_err(|e| CallError::from_inner(&target, e)),
+                Err(_) => Err(timed_out().into()),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

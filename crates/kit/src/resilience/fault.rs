@@ -28,6 +28,11 @@ pub struct FaultRule {
     #[garde(inner(range(min = 400, max = 599)))]
     #[serde(default)]
     pub abort: Option<u16>,
+    /// For gRPC requests, answer this gRPC status code (0–16) instead of the one
+    /// closest to `abort`; alone, it aborts gRPC requests only.
+    #[garde(inner(range(min = 1, max = 16)))]
+    #[serde(default)]
+    pub grpc_code: Option<u32>,
     /// Add this many milliseconds of latency before handling.
     #[garde(inner(range(max = 600_000)))]
     #[serde(default)]
@@ -117,7 +122,10 @@ pub fn current() -> Vec<FaultRule> {
 }
 
 /// What to do to one request, if anything.
-fn decide(path: &str, caller: Option<&str>) -> Option<(Option<Duration>, Option<u16>)> {
+/// What to do to one request: a delay, and an abort (HTTP status, gRPC code).
+type Decision = (Option<Duration>, Option<(Option<u16>, Option<u32>)>);
+
+fn decide(path: &str, caller: Option<&str>) -> Option<Decision> {
     let rules = faults()
         .rules
         .read()
@@ -136,7 +144,9 @@ fn decide(path: &str, caller: Option<&str>) -> Option<(Option<Duration>, Option<
         let max = a.rule.delay_max_ms.unwrap_or(min).max(min);
         Duration::from_millis(rand::rng().random_range(min..=max))
     });
-    Some((delay, a.rule.abort))
+    let abort = (a.rule.abort.is_some() || a.rule.grpc_code.is_some())
+        .then_some((a.rule.abort, a.rule.grpc_code));
+    Some((delay, abort))
 }
 
 /// Middleware: applies the fault rules (one atomic load when there are none).
@@ -152,9 +162,18 @@ pub async fn inject(req: Request, next: Next) -> Response {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
-        if let Some(status) = abort {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let grpc = crate::http::is_grpc(req.headers());
+        if let Some((status, grpc_code)) = abort
+            && (grpc || status.is_some())
+        {
+            let status = status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             metrics::counter!("faults_injected_total", "kind" => "abort").increment(1);
+            if grpc {
+                let code = grpc_code.unwrap_or_else(|| crate::http::grpc_code_for(status));
+                return crate::http::grpc_error(code, "injected fault");
+            }
             let mut p = Problem::new(status, "injected-fault", "Injected fault")
                 .with_detail("fault injection is active on this service");
             if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
@@ -193,6 +212,7 @@ mod tests {
     fn rule() -> FaultRule {
         FaultRule {
             abort: Some(503),
+            grpc_code: None,
             delay_ms: None,
             delay_max_ms: None,
             percent: 100.0,
@@ -206,7 +226,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rules_match_by_route_and_caller_and_lapse() {
         set(vec![rule()]);
-        assert_eq!(decide("/api/products/X", None), Some((None, Some(503))));
+        assert_eq!(
+            decide("/api/products/X", None),
+            Some((None, Some((Some(503), None))))
+        );
         assert_eq!(decide("/api/orders", None), None);
 
         set(vec![FaultRule {
@@ -230,6 +253,40 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(decide("/api/products", None).is_none(), "lapsed");
         assert!(current().is_empty());
+
+        // gRPC calls get a gRPC error; a gRPC-only rule leaves plain HTTP alone.
+        set(vec![FaultRule {
+            abort: None,
+            grpc_code: Some(14),
+            route: Some("/flotilla.payments".into()),
+            ..rule()
+        }]);
+        let app = Router::new()
+            .route("/{*path}", axum::routing::post(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(inject));
+        let call = |grpc: bool| {
+            let mut b = http::Request::post("/flotilla.payments.v1.Payments/Authorize");
+            if grpc {
+                b = b.header(http::header::CONTENT_TYPE, "application/grpc");
+            }
+            tower::ServiceExt::oneshot(app.clone(), b.body(axum::body::Body::empty()).unwrap())
+        };
+        let res = call(true).await.unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "gRPC errors travel in headers"
+        );
+        assert_eq!(res.headers()["grpc-status"], "14");
+        let res = call(false).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(!res.headers().contains_key("grpc-status"));
+        set(vec![FaultRule {
+            route: None,
+            abort: Some(504),
+            ..rule()
+        }]);
+        assert_eq!(call(true).await.unwrap().headers()["grpc-status"], "4");
         set(Vec::new());
         assert!(!faults().on.load(Ordering::Acquire));
     }

@@ -1,6 +1,8 @@
 //! Resilience for every outbound call: [`circuit_breaker`], [`retry`] (budget, jitter,
-//! deadline), [`deadline`] propagation, [`bulkhead`], and server-side [`fault`]
-//! injection to see them work.
+//! deadline), [`deadline`] propagation, [`bulkhead`], [`fallback`] answers, and
+//! server-side [`fault`] injection to see them work. Each is a tower layer usable
+//! alone; [`stack::ClientStack`] composes them in the standard order around any HTTP or
+//! gRPC transport.
 //!
 //! A [`Policy`] bundles the breaker, retry and bulkhead for one target; policies are
 //! configured per target in the `[resilience]` section:
@@ -18,11 +20,13 @@
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod deadline;
+pub mod fallback;
 pub mod fault;
 pub mod retry;
+pub mod stack;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,6 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use bulkhead::{Bulkhead, BulkheadConfig};
 pub use circuit_breaker::{BreakerConfig, CircuitBreaker, Rejected, State};
 pub use retry::{Retry, RetryConfig, Verdict};
+pub use stack::{CallError, Classifier, ClientStack};
 
 /// The policies for one target.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,33 +69,71 @@ impl ResilienceConfig {
 /// Breaker, retry and bulkhead for calls to one target.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// The breaker (also listed at `/admin/breakers`).
+    /// The target's breaker (also listed at `/admin/breakers`).
     pub breaker: Arc<CircuitBreaker>,
     /// Retries.
     pub retry: Retry,
     /// Concurrency limit.
     pub bulkhead: Bulkhead,
+    /// Per-instance breakers, when the breaker config asks for them.
+    instances: Option<Arc<InstanceBreakers>>,
 }
+
+/// Per-instance breakers by instance id.
+type InstanceBreakers = Mutex<HashMap<String, Arc<CircuitBreaker>>>;
+
+/// Per-instance breakers kept per target; beyond this, closed ones are forgotten.
+const MAX_INSTANCE_BREAKERS: usize = 256;
 
 impl Policy {
     /// The policy for `target` under `cfg`, registering its breaker.
     pub fn new(target: &str, cfg: &ResilienceConfig) -> Self {
         let p = cfg.for_target(target);
-        let breaker = Arc::new(CircuitBreaker::new(target, p.breaker.clone()));
-        registry()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(breaker.clone());
+        let breaker = register(CircuitBreaker::new(target, p.breaker.clone()));
         Self {
             breaker,
             retry: Retry::new(target, p.retry.clone()),
             bulkhead: Bulkhead::new(target, p.bulkhead.clone()),
+            instances: p.breaker.per_instance.then(Arc::default),
         }
+    }
+
+    /// The breaker for calls to `instance`: its own (`target/instance`) when the breaker
+    /// is configured `per_instance`, else the target's.
+    pub fn breaker_for(&self, instance: Option<&str>) -> Arc<CircuitBreaker> {
+        let (Some(map), Some(id)) = (&self.instances, instance) else {
+            return self.breaker.clone();
+        };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get(id) {
+            return b.clone();
+        }
+        if map.len() >= MAX_INSTANCE_BREAKERS {
+            map.retain(|_, b| b.state() != State::Closed);
+        }
+        let name = format!("{}/{id}", self.breaker.target());
+        let b = register(CircuitBreaker::new(&name, self.breaker.config().clone()));
+        map.insert(id.to_owned(), b.clone());
+        b
+    }
+
+    /// Whether calls to `instance` would be rejected now (its breaker is open and not
+    /// yet due for a probe). Balancers skip such instances.
+    pub fn is_open_for(&self, instance: &str) -> bool {
+        self.instances.is_some() && self.breaker_for(Some(instance)).is_rejecting()
     }
 }
 
-fn registry() -> &'static Mutex<Vec<Arc<CircuitBreaker>>> {
-    static BREAKERS: OnceLock<Mutex<Vec<Arc<CircuitBreaker>>>> = OnceLock::new();
+fn register(b: CircuitBreaker) -> Arc<CircuitBreaker> {
+    let b = Arc::new(b);
+    let mut all = registry().lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(&b));
+    b
+}
+
+fn registry() -> &'static Mutex<Vec<Weak<CircuitBreaker>>> {
+    static BREAKERS: OnceLock<Mutex<Vec<Weak<CircuitBreaker>>>> = OnceLock::new();
     BREAKERS.get_or_init(Mutex::default)
 }
 
@@ -100,6 +143,7 @@ pub fn breakers() -> Vec<circuit_breaker::BreakerSnapshot> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
+        .filter_map(Weak::upgrade)
         .map(|b| b.snapshot())
         .collect()
 }

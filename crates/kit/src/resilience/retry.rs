@@ -5,11 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, Method};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
+
+use super::stack::{BoxError, CallError, Classifier};
 
 /// Retry settings for one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +146,144 @@ impl Retry {
             metrics::counter!("retries_total", "target" => self.target.to_string()).increment(1);
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// Tower layer: sends a call again, under a [`Retry`] policy, when its answer or error
+/// says another attempt might work — only for requests that are safe to repeat
+/// ([`is_retry_safe`]) or that surely never reached the target.
+///
+/// The request body is buffered once so each attempt can carry it; `rebuild` turns the
+/// bytes back into the inner service's body type. Attempts never start past the call's
+/// [`CallDeadline`](super::deadline::CallDeadline), and each carries the time then left
+/// in its deadline headers.
+#[derive(Debug)]
+pub struct RetryLayer<B> {
+    retry: Retry,
+    classifier: Classifier,
+    rebuild: fn(Bytes) -> B,
+    all_idempotent: bool,
+}
+
+impl<B> Clone for RetryLayer<B> {
+    fn clone(&self) -> Self {
+        Self {
+            retry: self.retry.clone(),
+            classifier: self.classifier,
+            rebuild: self.rebuild,
+            all_idempotent: self.all_idempotent,
+        }
+    }
+}
+
+impl<B> RetryLayer<B> {
+    /// Retries under `retry`, judging answers with `classifier`.
+    pub fn new(retry: Retry, classifier: Classifier, rebuild: fn(Bytes) -> B) -> Self {
+        Self {
+            retry,
+            classifier,
+            rebuild,
+            all_idempotent: false,
+        }
+    }
+
+    /// Treats every request as safe to repeat (for APIs whose every method is
+    /// idempotent).
+    pub fn all_idempotent(mut self, yes: bool) -> Self {
+        self.all_idempotent = yes;
+        self
+    }
+}
+
+impl<S, B> tower::Layer<S> for RetryLayer<B> {
+    type Service = RetryService<S, B>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`RetryLayer`].
+#[derive(Debug)]
+pub struct RetryService<S, B> {
+    inner: S,
+    layer: RetryLayer<B>,
+}
+
+impl<S: Clone, B> Clone for RetryService<S, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+/// What an attempt's result means for retrying.
+fn verdict_of<R>(classifier: Classifier, result: &Result<http::Response<R>, BoxError>) -> Verdict {
+    match result {
+        Ok(res) if classifier.is_failure(res) => Verdict::Retryable,
+        Ok(_) => Verdict::Done,
+        Err(e) => match CallError::find(e) {
+            Some(CallError::BreakerOpen { .. } | CallError::BulkheadFull { .. }) => Verdict::Done,
+            Some(c) if c.not_sent() => Verdict::NotSent,
+            _ if super::stack::connection_refused(&**e) => Verdict::NotSent,
+            _ => Verdict::Retryable,
+        },
+    }
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RetryService<S, B>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    R: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    super::stack::always_ready!();
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let bytes = http_body_util::BodyExt::collect(body)
+                .await
+                .map_err(Into::into)?
+                .to_bytes();
+            let safe = layer.all_idempotent || is_retry_safe(&parts.method, &parts.headers);
+            let deadline = parts
+                .extensions
+                .get::<super::deadline::CallDeadline>()
+                .map(|d| d.at)
+                .or_else(super::deadline::current);
+            let rebuild = layer.rebuild;
+            let attempt = move |n: u32| {
+                let mut parts = parts.clone();
+                if n > 0
+                    && let Some(d) = deadline
+                {
+                    super::deadline::stamp(&mut parts.headers, d);
+                }
+                let req = http::Request::from_parts(parts, rebuild(bytes.clone()));
+                let svc = inner.clone();
+                async move { super::stack::ready_call(svc, req).await }
+            };
+            let classifier = layer.classifier;
+            layer
+                .retry
+                .run(safe, deadline, attempt, |r| verdict_of(classifier, r))
+                .await
+        })
     }
 }
 

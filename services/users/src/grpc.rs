@@ -74,8 +74,7 @@ impl UsersApi for UsersGrpc {
         &self,
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::Profile>, Status> {
-        let id = parse_user_id(&request.into_inner().user_id)
-            .map_err(|w| invalid("user_id", w))?;
+        let id = parse_user_id(&request.into_inner().user_id).map_err(|w| invalid("user_id", w))?;
         match self.store.get(id).await.map_err(unavailable)? {
             Some(p) => Ok(Response::new(to_pb(p))),
             None => Err(Status::not_found("no such profile")),

@@ -109,7 +109,10 @@ async fn me_and_rename(app: &TestApp) {
     assert_eq!(status, 200, "{renamed}");
     assert_eq!(renamed["name"], "Ada Lovelace");
     assert_eq!(renamed["email"], "ada@example.com");
-    assert_eq!(app.get("/api/users/me", ada).await.1["name"], "Ada Lovelace");
+    assert_eq!(
+        app.get("/api/users/me", ada).await.1["name"],
+        "Ada Lovelace"
+    );
     let (status, same) = app.patch(json!({}), ada).await;
     assert_eq!((status, &same["name"]), (200, &json!("Ada Lovelace")));
 
@@ -235,7 +238,11 @@ async fn create_profile_is_idempotent_by_user_id() {
     let first = c.create_profile(req("Kim")).await.unwrap().into_inner();
     let second = c.create_profile(req("Kim")).await.unwrap().into_inner();
     assert_eq!(first, second);
-    let third = c.create_profile(req("Someone else")).await.unwrap().into_inner();
+    let third = c
+        .create_profile(req("Someone else"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(third, first, "the first profile stays");
     let got = c
         .get_profile(GetProfileRequest {

@@ -97,7 +97,11 @@ mod tests {
         assert_eq!(store.get("u1".into()).await.unwrap().unwrap().name, "Ada");
         assert!(store.get("u2".into()).await.unwrap().is_none());
         let renamed = store
-            .rename("u1".into(), "Grace".into(), "2026-02-01T00:00:00.000Z".into())
+            .rename(
+                "u1".into(),
+                "Grace".into(),
+                "2026-02-01T00:00:00.000Z".into(),
+            )
             .await
             .unwrap()
             .unwrap();

@@ -1,9 +1,9 @@
 //! Signing keys: Ed25519, generated on first start and kept in auth's own store, and
 //! rotatable (`flotilla auth rotate-key`). The newest unrotated key signs; a rotated key
-//! stays in the JWKS until every token it signed has expired (`retire_after = rotated_at
-//! + access_ttl + reload interval + leeway`). Running instances reload the keys from the
-//! store at most every `key_reload`, so a rotation made by another process is picked up
-//! without a restart.
+//! stays in the JWKS until every token it signed has expired (it retires at rotation
+//! time plus the access-token lifetime, the reload interval and a leeway). Running
+//! instances reload the keys from the store at most every `key_reload`, so a rotation
+//! made by another process is picked up without a restart.
 //!
 //! The private half is held in a [`secrecy::SecretBox`] and never printed: `Debug`
 //! redacts it, and it is exposed only to build the signing key.
@@ -186,12 +186,15 @@ pub struct KeySet {
     pub jwks: Jwks,
 }
 
+/// A loaded key set and when it was loaded.
+type Cached = (Instant, Arc<KeySet>);
+
 /// The keys of a running instance, reloaded from the store at most every `reload`.
 #[derive(Clone)]
 pub struct KeyRing {
     store: Arc<dyn AuthStore>,
     reload: Duration,
-    cached: Arc<Mutex<Option<(Instant, Arc<KeySet>)>>>,
+    cached: Arc<Mutex<Option<Cached>>>,
 }
 
 impl std::fmt::Debug for KeyRing {

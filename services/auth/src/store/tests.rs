@@ -281,7 +281,9 @@ proptest! {
                                 dead = true;
                             }
                             Rotation::Rejected => {
-                                assert!(!live && !(spent.contains(&token) && !dead));
+                                let replayed = spent.contains(&token) && !dead;
+                                assert!(!live, "the live token rotates");
+                                assert!(!replayed, "a replay revokes");
                             }
                         }
                     }

@@ -23,9 +23,12 @@ pub const CREDENTIALS_FILE: &str = "admin-credentials.json";
 /// Seeding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
-    /// The configured email or the generated password is not acceptable.
+    /// The configured email is not acceptable.
     #[error("the administrator email {0:?} is not valid: {1}")]
     Email(String, &'static str),
+    /// The generated password or the name failed their own policy (a bug).
+    #[error("the seeded administrator is invalid: {0}")]
+    Invalid(&'static str),
     /// The credentials file could not be written.
     #[error("cannot write {path}: {source}")]
     File {
@@ -97,10 +100,9 @@ pub async fn seed(
         path: path.clone(),
         source,
     })?;
-    let policy_ok = Password::parse(password.expose_secret().to_owned())
-        .map_err(|why| SeedError::Email(email.to_owned(), why))?;
-    let name =
-        Name::parse("Administrator").map_err(|why| SeedError::Email(email.to_owned(), why))?;
+    let policy_ok =
+        Password::parse(password.expose_secret().to_owned()).map_err(SeedError::Invalid)?;
+    let name = Name::parse("Administrator").map_err(SeedError::Invalid)?;
     match register(
         store,
         hasher,

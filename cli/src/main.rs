@@ -4,6 +4,7 @@
 //! so every service is its own OS process while users build one artifact.
 #![forbid(unsafe_code)]
 
+mod auth;
 mod bus;
 mod chaos;
 mod services;
@@ -41,6 +42,9 @@ enum Command {
     Chaos(chaos::Chaos),
     /// Inspect the event bus: subjects, groups and lag, events, dead letters; replay.
     Bus(bus::Bus),
+    /// Operate auth: rotate its signing key.
+    #[command(subcommand)]
+    Auth(auth::Auth),
     /// Run one service in the foreground (what `up` spawns; what a container runs).
     Run {
         /// The service: one of the names `flotilla status` lists.
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Status => status::status(),
         Command::Chaos(cmd) => chaos::chaos(cmd),
         Command::Bus(cmd) => bus::bus(cmd),
+        Command::Auth(cmd) => auth::auth(cmd),
     }
 }
 

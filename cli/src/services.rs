@@ -3,10 +3,12 @@
 use std::process::ExitCode;
 
 /// Every service, registry first (others register with it), then the event bus (others
-/// publish to it), gateway last.
+/// publish to it), users before auth (auth creates profiles in it), gateway last.
 pub const NAMES: &[&str] = &[
     "registry",
     "bus",
+    "users",
+    "auth",
     "inventory",
     "payments",
     "orders",
@@ -18,6 +20,8 @@ pub fn run(name: &str) -> ExitCode {
     match name {
         "registry" => kit::service::main("registry", registry::run),
         "bus" => kit::service::main("bus", bus::run),
+        "users" => kit::service::main("users", users::run),
+        "auth" => kit::service::main("auth", auth::run),
         "inventory" => kit::service::main("inventory", inventory::run),
         "payments" => kit::service::main("payments", payments::run),
         "orders" => kit::service::main("orders", orders::run),

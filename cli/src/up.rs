@@ -174,6 +174,7 @@ impl Supervisor {
             })
             .collect();
 
+        let credentials_before = credentials_stamp(&self.plan.data_dir);
         let ready = self.start_all(&bars, begun).await;
         for bar in bars.values() {
             bar.finish_and_clear();
@@ -189,6 +190,9 @@ impl Supervisor {
             self.plan.registry,
             self.plan.data_dir.join("logs").display(),
         ));
+        if let Some(admin) = new_admin_credentials(&self.plan.data_dir, credentials_before) {
+            self.out.line(&admin);
+        }
         self.out
             .live
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -441,6 +445,38 @@ impl Supervisor {
     }
 }
 
+/// The file auth writes the seeded administrator's credentials to.
+fn credentials_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("admin-credentials.json")
+}
+
+/// When the credentials file was last written, if it exists.
+fn credentials_stamp(data_dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(credentials_path(data_dir))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// The lines announcing the administrator's credentials, when auth wrote them during this
+/// start (so they are shown once, at first start, and never again).
+fn new_admin_credentials(
+    data_dir: &std::path::Path,
+    before: Option<std::time::SystemTime>,
+) -> Option<String> {
+    let now = credentials_stamp(data_dir)?;
+    if before.is_some_and(|b| b >= now) {
+        return None;
+    }
+    let path = credentials_path(data_dir);
+    let creds: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    Some(format!(
+        "Administrator account (shown once; kept in {}, mode 0600):\n  email     {}\n  password  {}\n",
+        path.display(),
+        creds["email"].as_str()?,
+        creds["password"].as_str()?,
+    ))
+}
+
 /// 200 ms doubling per restart, at most 10 s.
 fn backoff(restarts: u32) -> Duration {
     Duration::from_millis(200)
@@ -566,6 +602,21 @@ fn render(name: &str, raw: &str, colour: bool) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_credentials_are_announced_only_when_new() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(new_admin_credentials(dir.path(), None), None);
+        std::fs::write(
+            credentials_path(dir.path()),
+            r#"{"email":"admin@flotilla.local","password":"pw-123"}"#,
+        )
+        .unwrap();
+        let shown = new_admin_credentials(dir.path(), None).unwrap();
+        assert!(shown.contains("admin@flotilla.local") && shown.contains("pw-123"));
+        let stamp = credentials_stamp(dir.path());
+        assert_eq!(new_admin_credentials(dir.path(), stamp), None);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

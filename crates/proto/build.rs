@@ -6,7 +6,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["flotilla/inventory.proto", "flotilla/payments.proto"];
+const PROTOS: &[&str] = &[
+    "flotilla/inventory.proto",
+    "flotilla/payments.proto",
+    "flotilla/users.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -25,6 +25,12 @@ pub mod payments {
     tonic::include_proto!("flotilla.payments.v1");
 }
 
+/// `flotilla.users.v1`: CreateProfile (idempotent by user id) / GetProfile, called by auth.
+pub mod users {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("flotilla.users.v1");
+}
+
 /// The encoded descriptor set of every Flotilla service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));

@@ -951,7 +951,7 @@ mod tests {
             with("sub", Value::Null),
             Err(JwtError::MissingClaim(_))
         ));
-        assert!(matches!(with("exp", json!("tomorrow")), Err(_)));
+        assert!(with("exp", json!("tomorrow")).is_err());
         assert!(matches!(
             with("exp", json!(now + 86_400)),
             Err(JwtError::Lifetime(_))
@@ -965,7 +965,7 @@ mod tests {
             Err(JwtError::Claims(_))
         ));
         assert!(
-            matches!(with("crit", json!(1)), Ok(_)),
+            with("crit", json!(1)).is_ok(),
             "crit in claims means nothing"
         );
         let t = forged(

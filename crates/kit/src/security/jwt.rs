@@ -16,9 +16,9 @@
 //!
 //! The key set ([`JwksCache`]) is fetched from a URL or from the `auth` service through
 //! discovery, refreshed when it is older than [`JwtConfig::jwks_max_age`] or a token names
-//! an unknown `kid` — but never more often than once per [`JwtConfig::jwks_refresh_floor`],
-//! so tokens with made-up `kid`s cannot make the verifier hammer the issuer. A failed
-//! refresh keeps the last good key set.
+//! an unknown `kid` — but never more often than once per [`JwtConfig::jwks_refresh_floor`]
+//! (once a second until a first set has arrived), so tokens with made-up `kid`s cannot
+//! make the verifier hammer the issuer. A failed refresh keeps the last good key set.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,8 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
 const MAX_JWKS_BYTES: usize = 64 * 1024;
 /// Time allowed for one JWKS fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refresh floor while no key set has been fetched yet.
+const NO_KEYS_FLOOR: Duration = Duration::from_secs(1);
 /// Longest `kid` repeated in an error message.
 const KID_SHOWN: usize = 40;
 
@@ -634,7 +636,14 @@ impl JwksCache {
             return Refresh::Skipped;
         }
         let mut last = self.last_attempt.lock().await;
-        if last.is_some_and(|t| t.elapsed() < self.floor) {
+        // Until a first key set arrives every token fails anyway (the issuer may simply
+        // have started after us), so retry sooner then — still at most once a second.
+        let floor = if self.fetched_at().is_none() {
+            self.floor.min(NO_KEYS_FLOOR)
+        } else {
+            self.floor
+        };
+        if last.is_some_and(|t| t.elapsed() < floor) {
             return Refresh::Skipped;
         }
         let fetched = self.fetch().await;
@@ -1141,6 +1150,39 @@ mod tests {
         assert!(e.is_unavailable(), "{e:?}");
         // Garbage is refused before any key is needed.
         assert_eq!(v.verify("x.y.z").await, Err(JwtError::Malformed));
+    }
+
+    #[tokio::test]
+    async fn an_issuer_that_starts_late_is_picked_up_within_a_second() {
+        let k = test_key("k1");
+        // Reserve a port, fail a fetch on it, then serve the keys there.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let url = format!("http://{addr}{JWKS_PATH}");
+        let cache = Arc::new(JwksCache::from_url(
+            &url,
+            Duration::from_secs(10),
+            Duration::from_secs(300),
+        ));
+        assert_eq!(cache.refresh().await, Refresh::Failed);
+        let doc = jwks(&[&k]);
+        let app = axum::Router::new().route(
+            JWKS_PATH,
+            axum::routing::get(move || async move { axum::Json(doc) }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let v = Verifier::new(JwtConfig::default(), cache.clone());
+        assert!(
+            v.verify(&sign(&k, &claims()))
+                .await
+                .unwrap_err()
+                .is_unavailable()
+        );
+        tokio::time::sleep(NO_KEYS_FLOOR).await;
+        assert!(v.verify(&sign(&k, &claims())).await.is_ok());
+        assert_eq!(cache.fetches(), 2);
     }
 
     #[test]

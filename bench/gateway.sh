@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Gateway throughput benchmark: inventory directly vs. through the Flotilla gateway vs.
 # through nginx (reverse proxy with upstream keep-alive), all with the same wrk settings,
-# then the start-up time and idle memory of `flotilla up` (bench/footprint.sh).
+# plus the gateway with JWT verification and rate limiting on (the same route, every
+# request carrying a bearer token and charged to a bucket) against the plain gateway
+# (both off), then the start-up time and idle memory of `flotilla up` (bench/footprint.sh).
 #
 #   bench/gateway.sh                     # build, install wrk+nginx if needed, run, write docs/benchmarks.md
 #
@@ -13,6 +15,8 @@
 #   BENCH_ROUNDS=3         interleaved rounds (direct, gateway, nginx, …) per path; medians reported
 #   BENCH_PATHS="/api/products/FLT-BOAT-001 /api/products?limit=20"
 #   BENCH_GATEWAY_INFO=1   also measure the gateway with FLOTILLA_LOG=info (the default filter)
+#   BENCH_GATEWAY_AUTH=1   also measure the gateway with JWT verification + rate limiting on
+#                          (needs openssl and python3: a JWKS is served from a temp dir)
 #   BENCH_FOOTPRINT=1      run bench/footprint.sh afterwards (0 to skip)
 #   BENCH_NO_BUILD=1       skip `cargo build --release -p flotilla`
 #   BENCH_DOC=docs/benchmarks.md
@@ -31,8 +35,9 @@ THREADS=${BENCH_THREADS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
 read -r -a PATHS <<<"${BENCH_PATHS:-/api/products/FLT-BOAT-001 /api/products?limit=20}"
 GATEWAY_INFO=${BENCH_GATEWAY_INFO:-1}
+GATEWAY_AUTH=${BENCH_GATEWAY_AUTH:-1}
 COMMAND="bench/gateway.sh${*:+ $*}"
-for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_ROUNDS BENCH_PATHS BENCH_GATEWAY_INFO; do
+for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_ROUNDS BENCH_PATHS BENCH_GATEWAY_INFO BENCH_GATEWAY_AUTH; do
     [[ -n ${!v:-} ]] && COMMAND="$v='${!v}' $COMMAND"
 done
 
@@ -67,16 +72,16 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- helpers
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# HTTP status of GET http://127.0.0.1:$1$2 (000 when nothing answers).
+# HTTP status of GET http://127.0.0.1:$1$2 (000 when nothing answers), with header $3 if given.
 status_of() {
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1$2" || true
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 ${3:+-H "$3"} "http://127.0.0.1:$1$2" || true
 }
 
-# Waits (at most $3 seconds) until GET $2 on port $1 answers 200.
+# Waits (at most $3 seconds) until GET $2 on port $1 (with header $4, if any) answers 200.
 wait_200() {
-    local port=$1 path=$2 limit=${3:-30} i
+    local port=$1 path=$2 limit=${3:-30} header=${4:-} i
     for ((i = 0; i < limit * 20; i++)); do
-        [[ $(status_of "$port" "$path") == 200 ]] && return 0
+        [[ $(status_of "$port" "$path" "$header") == 200 ]] && return 0
         sleep 0.05
     done
     return 1
@@ -161,6 +166,7 @@ mkdir -p "$DATA" "$TMP/logs"
 INV_PORT=$(free_port)
 GW_PORT=$(free_port)
 GWI_PORT=$(free_port)
+GWA_PORT=$(free_port)
 NGX_PORT=$(free_port)
 PROBE=/api/products/FLT-BOAT-001
 
@@ -172,21 +178,67 @@ INV_PID=$!
 PIDS+=("$INV_PID")
 wait_200 "$INV_PORT" "$PROBE" 30 || { cat "$TMP/logs/inventory.log" >&2; die "inventory did not answer 200 on $PROBE"; }
 
-start_gateway() { # name port log-filter; sets STARTED_PID
-    FLOTILLA_DATA_DIR="$DATA" FLOTILLA_DISCOVERY="static://inventory=127.0.0.1:$INV_PORT" \
-        FLOTILLA_GATEWAY__LISTEN=127.0.0.1:$2 FLOTILLA_LOG=$3 \
-        "$BIN" run gateway >"$TMP/logs/$1.log" 2>&1 &
+start_gateway() { # name port log-filter [probe-header [env…]]; sets STARTED_PID
+    local name=$1 port=$2 filter=$3 header=${4:-}
+    shift $(($# < 4 ? $# : 4))
+    env FLOTILLA_DATA_DIR="$DATA" FLOTILLA_DISCOVERY="static://inventory=127.0.0.1:$INV_PORT" \
+        FLOTILLA_GATEWAY__LISTEN=127.0.0.1:$port FLOTILLA_LOG=$filter "$@" \
+        "$BIN" run gateway >"$TMP/logs/$name.log" 2>&1 &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
-    wait_200 "$2" "$PROBE" 30 || { cat "$TMP/logs/$1.log" >&2; die "$1 did not answer 200 on $PROBE"; }
+    wait_200 "$port" "$PROBE" 30 "$header" || { cat "$TMP/logs/$name.log" >&2; die "$name did not answer 200 on $PROBE"; }
 }
+# The plain gateway: no token needed on this route, rate limiting off.
 log "starting gateway on 127.0.0.1:$GW_PORT"
-start_gateway gateway "$GW_PORT" warn
+start_gateway gateway "$GW_PORT" warn "" FLOTILLA_GATEWAY__RATE_LIMIT__ENABLED=false
 GW_PID=$STARTED_PID
 if [[ $GATEWAY_INFO == 1 ]]; then
     log "starting gateway (FLOTILLA_LOG=info) on 127.0.0.1:$GWI_PORT"
-    start_gateway gateway-info "$GWI_PORT" info
+    start_gateway gateway-info "$GWI_PORT" info "" FLOTILLA_GATEWAY__RATE_LIMIT__ENABLED=false
     GWI_PID=$STARTED_PID
+fi
+
+# The same route closed to anonymous callers: every request carries a bearer token that
+# the gateway verifies (EdDSA, against a JWKS served from $TMP/jwks) and is charged to
+# the user's bucket (a quota high enough never to refuse, so only the cost is measured).
+AUTH_HEADER=""
+if [[ $GATEWAY_AUTH == 1 ]]; then
+    command -v openssl >/dev/null || die "openssl is needed for BENCH_GATEWAY_AUTH=1"
+    command -v python3 >/dev/null || die "python3 is needed for BENCH_GATEWAY_AUTH=1"
+    b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+    JWKS_DIR="$TMP/jwks"
+    mkdir -p "$JWKS_DIR/.well-known"
+    openssl genpkey -algorithm ed25519 -out "$TMP/bench-key.pem" 2>/dev/null
+    x=$(openssl pkey -in "$TMP/bench-key.pem" -pubout -outform DER | tail -c 32 | b64url)
+    printf '{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"bench","alg":"EdDSA","use":"sig","x":"%s"}]}' "$x" \
+        >"$JWKS_DIR/.well-known/jwks.json"
+    JWKS_PORT=$(free_port)
+    python3 -m http.server "$JWKS_PORT" --bind 127.0.0.1 --directory "$JWKS_DIR" >"$TMP/logs/jwks.log" 2>&1 &
+    PIDS+=("$!")
+    now=$(date +%s)
+    h=$(printf '{"alg":"EdDSA","typ":"JWT","kid":"bench"}' | b64url)
+    p=$(printf '{"iss":"flotilla-auth","aud":"flotilla","sub":"bench","exp":%d,"iat":%d,"nbf":%d,"jti":"bench-%d","scope":"orders:read","roles":["customer"]}' \
+        $((now + 86400)) "$now" "$now" "$now" | b64url)
+    printf '%s.%s' "$h" "$p" >"$TMP/signing-input"
+    sig=$(openssl pkeyutl -sign -rawin -inkey "$TMP/bench-key.pem" -in "$TMP/signing-input" | b64url)
+    AUTH_HEADER="authorization: Bearer $h.$p.$sig"
+    cat >"$TMP/gateway-auth.toml" <<EOF
+[gateway.jwt]
+jwks = "http://127.0.0.1:$JWKS_PORT/.well-known/jwks.json"
+max_lifetime = "25h"
+[gateway.rate_limit]
+enabled = true
+per_second = 1000000000
+burst = 1000000000
+[[gateway.routes]]
+prefix = "/api/products"
+service = "inventory"
+scope = "orders:read"
+EOF
+    log "starting gateway with JWT + rate limiting on 127.0.0.1:$GWA_PORT"
+    start_gateway gateway-auth "$GWA_PORT" warn "$AUTH_HEADER" FLOTILLA_CONFIG="$TMP/gateway-auth.toml"
+    GWA_PID=$STARTED_PID
+    [[ $(status_of "$GWA_PORT" "$PROBE") == 401 ]] || die "gateway-auth answers without a token"
 fi
 
 NGINX_PREFIX="$TMP/nginx"
@@ -212,8 +264,10 @@ done
 # ---------------------------------------------------------------- 5. run wrk
 TARGETS=(direct gateway nginx)
 [[ $GATEWAY_INFO == 1 ]] && TARGETS+=(gateway-info)
-declare -A PORT=([direct]=$INV_PORT [gateway]=$GW_PORT [nginx]=$NGX_PORT [gateway-info]=$GWI_PORT)
-declare -A PROXY_PIDS=([direct]="" [gateway]="$GW_PID" [nginx]="${NGX_ALL[*]}" [gateway-info]="${GWI_PID:-}")
+[[ $GATEWAY_AUTH == 1 ]] && TARGETS+=(gateway-auth)
+declare -A PORT=([direct]=$INV_PORT [gateway]=$GW_PORT [nginx]=$NGX_PORT [gateway-info]=$GWI_PORT [gateway-auth]=$GWA_PORT)
+declare -A PROXY_PIDS=([direct]="" [gateway]="$GW_PID" [nginx]="${NGX_ALL[*]}" [gateway-info]="${GWI_PID:-}" [gateway-auth]="${GWA_PID:-}")
+declare -A HEADER=([direct]="" [gateway]="" [nginx]="" [gateway-info]="" [gateway-auth]="$AUTH_HEADER")
 RESULTS="$TMP/results"
 : >"$RESULTS"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -222,11 +276,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for path in "${PATHS[@]}"; do
         for t in "${TARGETS[@]}"; do
             url="http://127.0.0.1:${PORT[$t]}$path"
-            timeout 120 wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" --timeout 2s "$url" >/dev/null
+            hdr=()
+            [[ -n ${HEADER[$t]} ]] && hdr=(-H "${HEADER[$t]}")
+            timeout 120 wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" --timeout 2s "${hdr[@]}" "$url" >/dev/null
             read -r -a ppids <<<"${PROXY_PIDS[$t]}"
             c0_inv=$(cpu_ticks "$INV_PID"); c0_px=$(cpu_ticks "${ppids[@]}")
             out=$(timeout 300 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 2s --latency \
-                -s "$TMP/report.lua" "$url")
+                -s "$TMP/report.lua" "${hdr[@]}" "$url")
             c1_inv=$(cpu_ticks "$INV_PID"); c1_px=$(cpu_ticks "${ppids[@]}")
             line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "no wrk summary"; }
             declare -A m=()
@@ -259,6 +315,7 @@ label() {
         gateway) echo "gateway → inventory" ;;
         nginx) echo "nginx → inventory" ;;
         gateway-info) echo "gateway, FLOTILLA_LOG=info" ;;
+        gateway-auth) echo "gateway + JWT verification + rate limiting" ;;
     esac
 }
 
@@ -270,7 +327,7 @@ SECTION="$TMP/section.md"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates services cli 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- command: \`$COMMAND\`"
     echo "- load: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency\` after a $WARMUP warm-up, $ROUNDS interleaved round(s) per target and path, medians shown; $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'), nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
-    echo "- setup: one inventory instance (SQLite, seeded) with FLOTILLA_LOG=warn; the gateway with FLOTILLA_LOG=warn and static discovery; nginx with \`worker_processes auto\`, \`access_log off\`, an upstream with \`keepalive 64\` (bench/nginx.conf.tmpl). Load average over 1/5/15 min: $LOAD_START at start, $LOAD_END at the end."
+    echo "- setup: one inventory instance (SQLite, seeded) with FLOTILLA_LOG=warn; the gateway with FLOTILLA_LOG=warn, static discovery and rate limiting off (the \`gateway + JWT…\` row: the same route closed, a bearer token verified per request and a bucket charged per request); nginx with \`worker_processes auto\`, \`access_log off\`, an upstream with \`keepalive 64\` (bench/nginx.conf.tmpl). Load average over 1/5/15 min: $LOAD_START at start, $LOAD_END at the end."
     echo
     for path in "${PATHS[@]}"; do
         echo "### \`GET $path\`"
@@ -306,6 +363,10 @@ EOF
     fi
     info=""
     [[ -n $gi ]] && info=" With \`FLOTILLA_LOG=info\` (the default filter) the gateway also builds OpenTelemetry spans and costs ${gi} µs of CPU per request."
+    if [[ $GATEWAY_AUTH == 1 ]]; then
+        ga=$(col gateway-auth "$p0" 10)
+        info="$info With JWT verification (an Ed25519 signature check per request) and rate limiting on, it costs ${ga} µs of CPU per request against ${gc} µs with both off ($(ratio "$ga" "$gc")×), at $(ratio "$(col gateway-auth "$p0" 4)" "$g")× the throughput."
+    fi
     cmp=$(awk -v r="$(ratio "$g" "$n")" 'BEGIN {print (r < 0.95) ? "below" : (r > 1.05) ? "above" : "level with"}')
     cat <<EOF
 **Where the gateway stands.** On \`GET $p0\` the gateway served $(ratio "$g" "$n")× nginx's

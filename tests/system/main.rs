@@ -2,5 +2,6 @@
 
 mod chaos;
 mod harness;
+mod identity;
 mod saga;
 mod up;

@@ -191,6 +191,8 @@ pub struct Service {
     register: bool,
     metadata: BTreeMap<String, String>,
     grpc: Option<(TcpListener, Router)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    response_headers: http::HeaderMap,
 }
 
 impl std::fmt::Debug for Service {
@@ -237,6 +239,8 @@ impl Service {
             register: true,
             metadata: BTreeMap::new(),
             grpc: None,
+            tls: None,
+            response_headers: http::HeaderMap::new(),
         })
     }
 
@@ -306,6 +310,21 @@ impl Service {
         self.grpc.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// Serves the public listener over TLS with `config` (HTTP/1.1 and HTTP/2 by ALPN;
+    /// a handshake gets 10 s). The admin and gRPC listeners stay as they are.
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Adds `headers` to every response of the public listener, including those the
+    /// standard stack answers itself (`431`, `500`, injected faults), unless the
+    /// response already has them.
+    pub fn response_headers(mut self, headers: http::HeaderMap) -> Self {
+        self.response_headers.extend(headers);
+        self
+    }
+
     /// Does not register with discovery (the registry itself, tools).
     pub fn without_registration(mut self) -> Self {
         self.register = false;
@@ -357,6 +376,8 @@ impl Service {
             register,
             metadata: extra_metadata,
             grpc,
+            tls,
+            response_headers,
         } = self;
         let public_addr = public
             .local_addr()
@@ -367,7 +388,7 @@ impl Service {
         let draining = Arc::new(AtomicBool::new(false));
         let started = SystemTime::now();
 
-        let public_app = public_stack(router, body_limit);
+        let public_app = with_response_headers(public_stack(router, body_limit), response_headers);
         let admin_app = admin_stack(admin_router, checks, draining.clone());
 
         let registration = match (register, ctx.common.discovery.starts_with("registry://")) {
@@ -404,7 +425,7 @@ impl Service {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grace = ctx.common.shutdown_grace;
-        let public_task = tokio::spawn(serve(public, public_app, stop_rx.clone(), grace));
+        let public_task = tokio::spawn(serve_with(public, public_app, tls, stop_rx.clone(), grace));
         let grpc_task = grpc.map(|(listener, routes)| {
             tokio::spawn(serve(listener, grpc_stack(routes), stop_rx.clone(), grace))
         });
@@ -597,14 +618,47 @@ async fn readyz(checks: Arc<Vec<(String, ReadinessCheck)>>, draining: Arc<Atomic
     }
 }
 
+fn with_response_headers(app: Router, headers: http::HeaderMap) -> Router {
+    if headers.is_empty() {
+        return app;
+    }
+    let headers = Arc::new(headers);
+    app.layer(axum::middleware::map_response(move |mut res: Response| {
+        let headers = headers.clone();
+        async move {
+            for (name, value) in headers.iter() {
+                if !res.headers().contains_key(name) {
+                    res.headers_mut().insert(name, value.clone());
+                }
+            }
+            res
+        }
+    }))
+}
+
 /// Serves `app` on `listener` until `stop` turns true, then lets open connections
 /// finish their in-flight requests for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
+    serve_with(listener, app, None, stop, grace).await
+}
+
+/// Time a client gets to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Like [`serve`], over TLS when `tls` is set.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -633,10 +687,32 @@ pub async fn serve(
                 .insert(axum::extract::ConnectInfo(peer));
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let Some(acceptor) = &acceptor else {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task so a slow client holds up no one;
+        // the connection joins the graceful drain once it is established.
+        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);

@@ -8,13 +8,21 @@
 //! or the breaker is open (at once, without touching the network), `502` when the
 //! upstream fails, `504` when it times out. It never forwards admin, metrics or health
 //! paths.
+//!
+//! At the edge ([`edge`]) it verifies access tokens (EdDSA JWTs against the JWKS of
+//! `auth`), applies each route's rule (public, authenticated, scope, role — per method
+//! if need be), rate-limits per client and per route (GCRA, in memory or on Redis),
+//! checks JSON bodies, answers CORS, adds security headers to every response, and
+//! serves TLS when a certificate is configured.
 
 pub mod aggregate;
+pub mod edge;
 pub mod openapi;
 pub mod proxy;
 pub mod routes;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,7 +35,10 @@ use serde::Deserialize;
 
 use std::collections::HashMap;
 
+use edge::cors::CorsConfig;
+use edge::rate_limit::{RateLimitConfig, RateLimiter, RedisStore};
 use kit::resilience::{Policy, ResilienceConfig};
+use kit::security::jwt::{JwksCache, JwtConfig, Verifier};
 use proxy::{Gateway, Upstream};
 use routes::RouteConfig;
 
@@ -41,6 +52,19 @@ pub struct GatewayConfig {
     pub admin_listen: SocketAddr,
     /// The route table (`[[gateway.routes]]`).
     pub routes: Vec<RouteConfig>,
+    /// Access-token verification (`[gateway.jwt]`, `FLOTILLA_GATEWAY__JWT__JWKS`…).
+    pub jwt: JwtConfig,
+    /// Default quota and housekeeping of rate limits (`[gateway.rate_limit]`).
+    pub rate_limit: RateLimitConfig,
+    /// Where rate-limit buckets live: `memory` (this instance) or `redis://host:port/db`
+    /// (shared by every instance) (`FLOTILLA_GATEWAY__RATE_LIMIT_STORE`).
+    pub rate_limit_store: String,
+    /// Browser origins allowed to call the API (`[gateway.cors]`).
+    pub cors: CorsConfig,
+    /// PEM certificate chain for TLS on the public listener (`FLOTILLA_GATEWAY__TLS_CERT`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for it (`FLOTILLA_GATEWAY__TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -49,7 +73,20 @@ impl Default for GatewayConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
             admin_listen: ([127, 0, 0, 1], 0).into(),
             routes: routes::default_routes(),
+            jwt: JwtConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            rate_limit_store: "memory".to_owned(),
+            cors: CorsConfig::default(),
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+}
+
+fn setting(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Setting {
+        setting: format!("FLOTILLA_GATEWAY__{}", key.to_uppercase()),
+        message: message.into(),
     }
 }
 
@@ -65,8 +102,49 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         setting: "FLOTILLA_GATEWAY__ROUTES".to_owned(),
         message,
     })?;
+    cfg.jwt.validate("FLOTILLA_GATEWAY__JWT")?;
+    cfg.rate_limit
+        .validate()
+        .map_err(|m| setting("rate_limit", m))?;
+    let cors = cfg.cors.layer().map_err(|m| setting("cors", m))?;
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(kit::security::tls::server_config(
+            cert,
+            key,
+            "FLOTILLA_GATEWAY__TLS_CERT",
+            "FLOTILLA_GATEWAY__TLS_KEY",
+        )?),
+        (None, None) => None,
+        _ => {
+            return Err(setting(
+                "tls_cert",
+                "set both FLOTILLA_GATEWAY__TLS_CERT and FLOTILLA_GATEWAY__TLS_KEY, or neither",
+            )
+            .into());
+        }
+    };
+    let redis = match cfg.rate_limit_store.as_str() {
+        "memory" | "" => None,
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Some(RedisStore::new(
+                kit::store::redis::connect(url, "FLOTILLA_GATEWAY__RATE_LIMIT_STORE").await?,
+            ))
+        }
+        url => {
+            return Err(ConfigError::UnknownScheme {
+                setting: "FLOTILLA_GATEWAY__RATE_LIMIT_STORE".to_owned(),
+                url: kit::store::redact(url),
+                expected: "memory, redis://",
+            }
+            .into());
+        }
+    };
     let resilience: ResilienceConfig = ctx.config.section("resilience")?;
     let discovery = Discovery::from_url(&ctx.common.discovery)?;
+    let keys = Arc::new(
+        JwksCache::from_config(&cfg.jwt, &discovery).map_err(|m| setting("jwt__jwks", m))?,
+    );
+    keys.prefetch();
     let mut policies: HashMap<String, Policy> = HashMap::new();
     let table = cfg
         .routes
@@ -80,16 +158,29 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
             (r.clone(), upstream)
         })
         .collect();
-    let gateway = Arc::new(Gateway::new(table));
+    let gateway = Arc::new(Gateway::new(table).with_tls(tls.is_some()));
+    let limiter = cfg
+        .rate_limit
+        .enabled
+        .then(|| RateLimiter::new(&cfg.rate_limit, &cfg.routes, redis));
+    let edge = Arc::new(edge::Edge {
+        gateway: gateway.clone(),
+        verifier: Verifier::new(cfg.jwt.clone(), keys),
+        limiter,
+    });
     let body_limit = cfg.routes.iter().map(|r| r.body_limit).max().unwrap_or(0);
-    let service = Service::bind(&ctx, cfg.listen, cfg.admin_listen).await?;
+    let mut service = Service::bind(&ctx, cfg.listen, cfg.admin_listen)
+        .await?
+        .response_headers(edge::security_headers(tls.is_some()));
+    if let Some(tls) = tls {
+        service = service.tls(tls);
+    }
+    let public = router(gateway.clone())
+        .merge(openapi::router(gateway.clone()))
+        .merge(aggregate::router(gateway.clone()));
     Ok(service
         .body_limit(body_limit)
-        .router(
-            router(gateway.clone())
-                .merge(openapi::router(gateway.clone()))
-                .merge(aggregate::router(gateway.clone())),
-        )
+        .router(edge::stack(public, edge, cors))
         .admin_routes(admin_router(gateway)))
 }
 
@@ -131,6 +222,12 @@ async fn admin_routes(State(gw): State<Arc<Gateway>>) -> axum::Json<serde_json::
                 "timeout_ms": r.timeout.as_millis() as u64,
                 "body_limit": r.body_limit,
                 "protocol": r.protocol,
+                "auth": r.auth,
+                "scope": r.scope,
+                "role": r.role,
+                "methods": r.methods,
+                "rate_limit": r.rate_limit,
+                "json": r.json,
                 "breaker": upstream.policy.breaker.snapshot(),
                 "instances": instances,
             })

@@ -79,6 +79,8 @@ pub const X_FLOTILLA_FALLBACK: HeaderName = HeaderName::from_static("x-flotilla-
 pub struct Gateway {
     /// Routes with their upstreams.
     pub routes: Vec<(RouteConfig, Upstream)>,
+    /// Whether clients reach the gateway over TLS (`x-forwarded-proto: https`).
+    pub tls: bool,
     http1: UpstreamClient,
     h2c: UpstreamClient,
 }
@@ -98,7 +100,18 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
             .build(connector);
-        Self { routes, http1, h2c }
+        Self {
+            routes,
+            tls: false,
+            http1,
+            h2c,
+        }
+    }
+
+    /// The same gateway, telling upstreams that clients came over TLS.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The pooled client for `protocol`.
@@ -141,7 +154,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
     let ip = peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -150,9 +163,24 @@ fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// Sets the identity headers services read ([`kit::security::Identity`]).
+pub fn set_identity(headers: &mut HeaderMap, id: &kit::security::Identity) {
+    let values = [
+        (kit::security::USER_ID, id.user_id.clone()),
+        (kit::security::ROLES, id.roles.join(" ")),
+        (kit::security::SCOPES, id.scopes.join(" ")),
+    ];
+    for (name, value) in values {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
     }
 }
 
@@ -202,12 +230,18 @@ async fn forward_to(gw: &Gateway, upstream: &Upstream, peer: SocketAddr, req: Re
                 .into_response();
         }
     };
+    if let Err(p) = crate::edge::body::check(route, &parts.method, &parts.headers, &body) {
+        return p.into_response();
+    }
     strip_hop_by_hop(&mut parts.headers);
-    // Only the gateway may say who the caller is.
+    // Only the gateway may say who the caller is: as its authentication verified it.
     for name in kit::security::IDENTITY_HEADERS {
         parts.headers.remove(name);
     }
-    add_forwarded(&mut parts.headers, peer);
+    if let Some(id) = parts.extensions.get::<kit::security::Identity>() {
+        set_identity(&mut parts.headers, id);
+    }
+    add_forwarded(&mut parts.headers, peer, gw.tls);
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -529,7 +563,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
         h.insert(header::HOST, "shop.example".parse().unwrap());
-        add_forwarded(&mut h, "127.0.0.1:5555".parse().unwrap());
+        add_forwarded(&mut h, "127.0.0.1:5555".parse().unwrap(), false);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "shop.example");

@@ -1,6 +1,11 @@
-//! The route table: path prefix → service, with per-route timeout and body limit.
+//! The route table: path prefix → service, with per-route timeout, body limit, access
+//! rule (public, authenticated, a scope or a role — optionally per method), rate-limit
+//! quota and body format.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use http::Method;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +18,67 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge (multiplexed on few connections).
     H2c,
+}
+
+/// Whether a route needs a verified caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// Anyone may call; a valid token, when sent, still identifies the caller.
+    Public,
+    /// A valid access token is required (the default: routes are closed unless opened).
+    #[default]
+    Authenticated,
+}
+
+/// Who may call one method of a route (`methods.GET = { auth = "public" }`). An entry
+/// replaces the route-level rule for its method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MethodAccess {
+    /// Public or authenticated; a `scope` or `role` implies authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+    /// A scope the token must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// A role the token must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// The rule that applies to one request: what [`RouteConfig::access`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access<'a> {
+    /// No token needed.
+    pub public: bool,
+    /// The scope required, if any.
+    pub scope: Option<&'a str>,
+    /// The role required, if any.
+    pub role: Option<&'a str>,
+}
+
+/// A GCRA quota: a sustained rate and the burst allowed on top of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Requests per second, sustained (fractions allowed: `0.5` is one every 2 s).
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+impl Eq for Quota {}
+
+impl Quota {
+    /// Checks the values (`at` names the setting).
+    pub fn validate(&self, at: &str) -> Result<(), String> {
+        if !(self.per_second.is_finite() && self.per_second > 0.0 && self.per_second <= 1e9) {
+            return Err(format!("{at}: per_second must be positive"));
+        }
+        if self.burst == 0 {
+            return Err(format!("{at}: burst must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 /// One route, as configured (`[[gateway.routes]]`).
@@ -36,6 +102,30 @@ pub struct RouteConfig {
     /// service fails (RFC 5861 "stale-if-error"; off when absent).
     #[serde(default, with = "kit::config::optional_duration")]
     pub stale_if_error: Option<Duration>,
+    /// `public` or `authenticated` (the default).
+    #[serde(default)]
+    pub auth: Auth,
+    /// A scope every request must carry (implies authenticated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// A role every request must carry (implies authenticated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Per-method rules (`GET`, `POST`…), each replacing the route-level rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub methods: BTreeMap<String, MethodAccess>,
+    /// This route's own quota per client (`rate_limit = { per_second, burst }`);
+    /// without one, the gateway's default quota applies, shared across such routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Quota>,
+    /// Whether bodies are JSON: `POST`/`PUT`/`PATCH` bodies must say
+    /// `application/json` (`415` otherwise) and nest at most 32 deep (default true).
+    #[serde(default = "yes")]
+    pub json: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_timeout() -> Duration {
@@ -56,21 +146,121 @@ impl RouteConfig {
             body_limit: default_body_limit(),
             protocol: Protocol::Http1,
             stale_if_error: None,
+            auth: Auth::Authenticated,
+            scope: None,
+            role: None,
+            methods: BTreeMap::new(),
+            rate_limit: None,
+            json: true,
+        }
+    }
+
+    /// The same route, open to anyone.
+    pub fn public(mut self) -> Self {
+        self.auth = Auth::Public;
+        self
+    }
+
+    /// The same route, requiring `scope`.
+    pub fn scope(mut self, scope: &str) -> Self {
+        self.scope = Some(scope.to_owned());
+        self
+    }
+
+    /// The same route, requiring `role`.
+    pub fn role(mut self, role: &str) -> Self {
+        self.role = Some(role.to_owned());
+        self
+    }
+
+    /// The same route with its own rule for `method`.
+    pub fn method(mut self, method: &str, access: MethodAccess) -> Self {
+        self.methods.insert(method.to_ascii_uppercase(), access);
+        self
+    }
+
+    /// The same route with its own quota.
+    pub fn rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        self.rate_limit = Some(Quota { per_second, burst });
+        self
+    }
+
+    /// The rule for a request with `method`: the method's own entry if there is one
+    /// (`HEAD` falls back to `GET`'s), the route-level rule otherwise.
+    pub fn access(&self, method: &Method) -> Access<'_> {
+        let entry = self.methods.get(method.as_str()).or_else(|| {
+            (method == Method::HEAD)
+                .then(|| self.methods.get("GET"))
+                .flatten()
+        });
+        match entry {
+            Some(m) => Access {
+                public: m.auth == Some(Auth::Public),
+                scope: m.scope.as_deref(),
+                role: m.role.as_deref(),
+            },
+            None => Access {
+                public: self.auth == Auth::Public,
+                scope: self.scope.as_deref(),
+                role: self.role.as_deref(),
+            },
         }
     }
 }
 
-/// The routes `flotilla up` serves by default.
+impl MethodAccess {
+    /// Anyone may call.
+    pub fn public() -> Self {
+        Self {
+            auth: Some(Auth::Public),
+            ..Self::default()
+        }
+    }
+
+    /// Needs `scope`.
+    pub fn scope(scope: &str) -> Self {
+        Self {
+            scope: Some(scope.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// Needs `role`.
+    pub fn role(role: &str) -> Self {
+        Self {
+            role: Some(role.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The routes `flotilla up` serves by default. Scopes and roles follow the tokens `auth`
+/// issues: customers carry `orders:read orders:write users:read users:write
+/// payments:read notifications:read` and role `customer`; admins also `admin`.
 pub fn default_routes() -> Vec<RouteConfig> {
     vec![
+        // Anyone may sign up, log in and refresh; a tighter quota slows guessing.
+        RouteConfig::new("/api/auth", "auth")
+            .public()
+            .rate_limit(5.0, 20),
+        RouteConfig::new("/.well-known/jwks.json", "auth").public(),
         RouteConfig {
             // The catalog changes rarely: a recent copy beats an error while inventory
             // is down.
             stale_if_error: Some(Duration::from_secs(300)),
             ..RouteConfig::new("/api/products", "inventory")
+                .role("admin")
+                .method("GET", MethodAccess::public())
         },
-        RouteConfig::new("/api/payments", "payments"),
-        RouteConfig::new("/api/orders", "orders"),
+        RouteConfig::new("/api/payments", "payments").scope("payments:read"),
+        RouteConfig::new("/api/orders", "orders")
+            .scope("orders:write")
+            .method("GET", MethodAccess::scope("orders:read")),
+        RouteConfig::new("/api/users", "users")
+            .scope("users:write")
+            .method("GET", MethodAccess::scope("users:read")),
+        // `/api/notifications` (scope notifications:read) and `/api/analytics` (role
+        // admin) join the table with their services.
     ]
 }
 
@@ -94,6 +284,28 @@ pub fn validate(routes: &[RouteConfig]) -> Result<(), String> {
         if r.timeout.is_zero() || r.body_limit == 0 {
             return Err(format!("{at}: timeout and body_limit must be positive"));
         }
+        if r.auth == Auth::Public && (r.scope.is_some() || r.role.is_some()) {
+            return Err(format!(
+                "{at}: a public route cannot require a scope or role"
+            ));
+        }
+        for (method, m) in &r.methods {
+            if Method::from_bytes(method.as_bytes()).is_err()
+                || method.to_ascii_uppercase() != *method
+            {
+                return Err(format!(
+                    "{at}: methods.{method} is not an upper-case HTTP method"
+                ));
+            }
+            if m.auth == Some(Auth::Public) && (m.scope.is_some() || m.role.is_some()) {
+                return Err(format!(
+                    "{at}: methods.{method} is public and cannot require a scope or role"
+                ));
+            }
+        }
+        if let Some(q) = &r.rate_limit {
+            q.validate(&format!("{at}.rate_limit"))?;
+        }
     }
     Ok(())
 }
@@ -111,6 +323,16 @@ pub fn find<'a, T>(routes: &'a [(RouteConfig, T)], path: &str) -> Option<&'a (Ro
         .iter()
         .filter(|(r, _)| matches(&r.prefix, path))
         .max_by_key(|(r, _)| r.prefix.len())
+}
+
+/// The index of the longest route whose prefix matches `path`.
+pub fn position<T>(routes: &[(RouteConfig, T)], path: &str) -> Option<usize> {
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, (r, _))| matches(&r.prefix, path))
+        .max_by_key(|(_, (r, _))| r.prefix.len())
+        .map(|(i, _)| i)
 }
 
 /// Paths the gateway never forwards: admin, metrics and health endpoints.
@@ -207,5 +429,63 @@ mod tests {
         r.prefix = "api".into();
         assert!(validate(&[r]).is_err());
         assert!(validate(&default_routes()).is_ok());
+        let open_admin = RouteConfig::new("/x", "x").public().role("admin");
+        assert!(validate(&[open_admin]).unwrap_err().contains("public"));
+        let lower = RouteConfig::new("/x", "x").method("get", MethodAccess::public());
+        assert!(validate(&[lower]).is_ok(), "stored upper-case");
+        let mut odd = RouteConfig::new("/x", "x");
+        odd.methods.insert("get".into(), MethodAccess::public());
+        assert!(validate(&[odd]).is_err());
+        let zero = RouteConfig::new("/x", "x").rate_limit(0.0, 1);
+        assert!(validate(&[zero]).unwrap_err().contains("rate_limit"));
+    }
+
+    #[test]
+    fn access_rules_per_method() {
+        let routes = default_routes();
+        let rule = |prefix: &str, method: Method| {
+            let r = routes.iter().find(|r| r.prefix == prefix).unwrap();
+            let a = r.access(&method);
+            (
+                a.public,
+                a.scope.map(str::to_owned),
+                a.role.map(str::to_owned),
+            )
+        };
+        assert_eq!(rule("/api/products", Method::GET), (true, None, None));
+        assert_eq!(rule("/api/products", Method::HEAD), (true, None, None));
+        assert_eq!(
+            rule("/api/products", Method::POST),
+            (false, None, Some("admin".into()))
+        );
+        assert_eq!(
+            rule("/api/products", Method::PUT),
+            (false, None, Some("admin".into()))
+        );
+        assert_eq!(
+            rule("/api/orders", Method::GET),
+            (false, Some("orders:read".into()), None)
+        );
+        assert_eq!(
+            rule("/api/orders", Method::POST),
+            (false, Some("orders:write".into()), None)
+        );
+        assert_eq!(
+            rule("/api/users", Method::GET),
+            (false, Some("users:read".into()), None)
+        );
+        assert_eq!(rule("/api/auth", Method::POST), (true, None, None));
+        // Closed unless opened.
+        let plain = RouteConfig::new("/x", "x");
+        assert!(!plain.access(&Method::GET).public);
+        let parsed: RouteConfig = serde_json::from_value(serde_json::json!({
+            "prefix": "/x", "service": "x", "auth": "public",
+            "methods": {"POST": {"role": "admin"}},
+            "rate_limit": {"per_second": 2, "burst": 5},
+        }))
+        .unwrap();
+        assert!(parsed.access(&Method::GET).public);
+        assert_eq!(parsed.access(&Method::POST).role, Some("admin"));
+        assert_eq!(parsed.rate_limit.unwrap().burst, 5);
     }
 }

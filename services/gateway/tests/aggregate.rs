@@ -1,16 +1,17 @@
 //! `GET /api/orders/{id}/summary` over the real registry, inventory, payments and
-//! orders (no users service exists here, so `user` is always degraded).
+//! orders (no users service exists here, so `user` is always degraded), behind the
+//! gateway's real authentication with tokens from a test JWKS.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::middleware::{self, Next};
 use gateway::proxy::{Gateway, Upstream};
 use kit::config::Config;
 use kit::discovery::Discovery;
 use kit::resilience::{Policy, ResilienceConfig};
-use kit::security::Identity;
+use kit::security::jwt::{JwksCache, JwtConfig, Verifier};
 use kit::service::{Context, Running};
 use serde_json::{Value, json};
 
@@ -22,19 +23,9 @@ struct Setup {
     payments: Option<Running>,
     orders_running: Option<Running>,
     http: reqwest::Client,
+    jwks: support::Jwks,
     _keep: Vec<Running>,
     _dir: tempfile::TempDir,
-}
-
-/// Stands in for the gateway's authentication: it puts the verified [`Identity`] in
-/// the request's extensions (here read from test headers).
-async fn authenticated(mut req: Request, next: Next) -> axum::response::Response {
-    let (mut parts, body) = req.into_parts();
-    if let Some(id) = Identity::from_parts(&parts) {
-        parts.extensions.insert(id);
-    }
-    req = Request::from_parts(parts, body);
-    next.run(req).await
 }
 
 async fn setup() -> Setup {
@@ -82,11 +73,25 @@ async fn setup() -> Setup {
             (r, upstream)
         })
         .collect();
-    let app = gateway::aggregate::router_with_timeout(
-        Arc::new(Gateway::new(table)),
-        Duration::from_millis(500),
-    )
-    .layer(middleware::from_fn(authenticated));
+    let jwks = support::Jwks::start(&["k1"]).await;
+    let gateway = Arc::new(Gateway::new(table));
+    let edge = Arc::new(gateway::edge::Edge {
+        gateway: gateway.clone(),
+        verifier: Verifier::new(
+            JwtConfig::default(),
+            Arc::new(JwksCache::from_url(
+                &jwks.url,
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+            )),
+        ),
+        limiter: None,
+    });
+    let app = gateway::edge::stack(
+        gateway::aggregate::router_with_timeout(gateway, Duration::from_millis(500)),
+        edge,
+        None,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -99,6 +104,7 @@ async fn setup() -> Setup {
         payments: Some(payments),
         orders_running: Some(orders),
         http: reqwest::Client::new(),
+        jwks,
         _keep: vec![registry, inventory],
         _dir: dir,
     };
@@ -191,14 +197,18 @@ impl Setup {
         panic!("order {id} not confirmed");
     }
 
+    /// Through the gateway, with an access token for `who` ("user-id roles").
     async fn summary(&self, id: &str, who: &str) -> (u16, Value) {
-        self.call(
-            reqwest::Method::GET,
-            &format!("{}/api/orders/{id}/summary", self.gateway),
-            who,
-            Value::Null,
-        )
-        .await
+        let (user, roles) = who.split_once(' ').unwrap();
+        let res = self
+            .http
+            .get(format!("{}/api/orders/{id}/summary", self.gateway))
+            .bearer_auth(self.jwks.token(user, roles == "admin"))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
     }
 }
 
@@ -220,6 +230,15 @@ async fn summary_combines_the_parts_and_degrades_those_whose_service_is_down() {
     // Another customer's order is not found, exactly as orders answers.
     let (status, _) = s.summary(&id, "u-2 customer").await;
     assert_eq!(status, 404);
+    // Without a token, or with identity headers instead of one: 401.
+    let res = s
+        .http
+        .get(format!("{}/api/orders/{id}/summary", s.gateway))
+        .header("x-flotilla-user-id", "u-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
 
     // Payments down: its part is null and named, the rest still comes.
     s.payments.take().unwrap().stop().await;

@@ -79,11 +79,11 @@ async fn setup() -> Setup {
             json!({
                 "listen": "127.0.0.1:0",
                 "routes": [
-                    {"prefix": "/api/products", "service": "inventory"},
-                    {"prefix": "/echo", "service": "echo", "body_limit": 1024},
-                    {"prefix": "/slow", "service": "slow", "timeout": "200ms"},
-                    {"prefix": "/dead", "service": "dead"},
-                    {"prefix": "/nobody", "service": "nobody"},
+                    {"prefix": "/api/products", "service": "inventory", "auth": "public"},
+                    {"prefix": "/echo", "service": "echo", "body_limit": 1024, "auth": "public"},
+                    {"prefix": "/slow", "service": "slow", "timeout": "200ms", "auth": "public"},
+                    {"prefix": "/dead", "service": "dead", "auth": "public"},
+                    {"prefix": "/nobody", "service": "nobody", "auth": "public"},
                 ]
             }),
         );
@@ -246,7 +246,7 @@ async fn forwards_over_h2c() {
             "gateway",
             json!({
                 "listen": "127.0.0.1:0",
-                "routes": [{"prefix": "/api/products", "service": "inventory", "protocol": "h2c"}]
+                "routes": [{"prefix": "/api/products", "service": "inventory", "protocol": "h2c", "auth": "public"}]
             }),
         );
     let gateway = spawn(

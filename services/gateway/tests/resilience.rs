@@ -70,7 +70,7 @@ async fn stale_if_error_serves_the_last_good_answer_while_the_service_fails() {
     let gw = gateway(
         dir.path(),
         format!("static://flaky={flaky}"),
-        json!([{"prefix": "/flaky", "service": "flaky", "stale_if_error": "1m"}]),
+        json!([{"prefix": "/flaky", "service": "flaky", "stale_if_error": "1m", "auth": "public"}]),
     )
     .await;
     let http = reqwest::Client::new();
@@ -119,7 +119,7 @@ async fn a_per_instance_breaker_cuts_off_the_bad_instance_and_keeps_its_peer() {
     let gw = gateway(
         dir.path(),
         format!("static://pair={bad},{good}"),
-        json!([{"prefix": "/flaky", "service": "pair"}]),
+        json!([{"prefix": "/flaky", "service": "pair", "auth": "public"}]),
     )
     .await;
     let http = reqwest::Client::new();

@@ -4,6 +4,13 @@
 //! `x-flotilla-*` identity headers, after removing any copies the client sent, so a
 //! client cannot forge them. Services read them with the [`Identity`] extractor and
 //! check ownership and roles themselves (a user gets `404` for another user's objects).
+//!
+//! [`jwt`] verifies the access tokens themselves (EdDSA against the issuer's JWKS), for
+//! the gateway or any service that sees tokens; [`tls`] loads certificates for TLS
+//! listeners.
+
+pub mod jwt;
+pub mod tls;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::HeaderName;

@@ -182,7 +182,9 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         .spawn();
 
     let discovery = Discovery::from_url(&ctx.common.discovery)?;
-    let profiles = profiles::ProfileSync::new(store.clone(), discovery, cfg.call_timeout);
+    let resilience: kit::resilience::ResilienceConfig = ctx.config.section("resilience")?;
+    let profiles =
+        profiles::ProfileSync::new(store.clone(), discovery, cfg.call_timeout, &resilience);
     tokio::spawn(profiles.clone().run());
     tokio::spawn(purge_refresh_tokens(store.clone()));
 

@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kit::discovery::Discovery;
+use kit::resilience::{ClientStack, Policy, ResilienceConfig};
+use proto::channel::ResilientChannel;
 use proto::users::CreateProfileRequest;
 use proto::users::users_client::UsersClient;
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::domain::duration_ms;
 use crate::store::{AuthStore, PendingProfile};
@@ -42,7 +44,8 @@ pub struct ProfileSync {
     store: Arc<dyn AuthStore>,
     discovery: Discovery,
     timeout: Duration,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    policy: Policy,
+    channels: Arc<Mutex<HashMap<String, ResilientChannel>>>,
     wake: Arc<Notify>,
 }
 
@@ -55,18 +58,25 @@ impl std::fmt::Debug for ProfileSync {
 }
 
 impl ProfileSync {
-    /// Resolves users through `discovery`; each call may take `timeout`.
-    pub fn new(store: Arc<dyn AuthStore>, discovery: Discovery, timeout: Duration) -> Self {
+    /// Resolves users through `discovery`; each call may take `timeout` and passes the
+    /// kit's client stack under users' policy in `resilience`.
+    pub fn new(
+        store: Arc<dyn AuthStore>,
+        discovery: Discovery,
+        timeout: Duration,
+        resilience: &ResilienceConfig,
+    ) -> Self {
         Self {
             store,
             discovery,
             timeout,
+            policy: Policy::new(USERS, resilience),
             channels: Arc::default(),
             wake: Arc::new(Notify::new()),
         }
     }
 
-    async fn client(&self) -> Result<UsersClient<Channel>, String> {
+    async fn client(&self) -> Result<UsersClient<ResilientChannel>, String> {
         let endpoints = self.discovery.endpoints(USERS);
         if endpoints.current().is_empty() {
             endpoints.wait_resolved(Duration::from_secs(1)).await;
@@ -92,9 +102,13 @@ impl ProfileSync {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(self.timeout)
             .tcp_nodelay(true)
             .connect_lazy();
+        // CreateProfile is idempotent by user id: the stack may retry it.
+        let stack = ClientStack::new(&self.policy, self.timeout)
+            .instance(&picked.instance.id)
+            .idempotent();
+        let channel = proto::channel::resilient(channel, &stack);
         channels.insert(addr, channel.clone());
         Ok(UsersClient::new(channel))
     }

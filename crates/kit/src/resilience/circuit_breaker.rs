@@ -440,9 +440,8 @@ impl Drop for Permit<'_> {
 /// once with [`CallError::BreakerOpen`] without touching the network.
 ///
 /// The outcome of each call is judged by a [`Classifier`]; a refused connection is not
-/// charged (the request never reached the target). When the request carries a
-/// [`CallDeadline`](super::deadline::CallDeadline) extension (set by the deadline layer), the
-/// call is cut off at it and the timeout counts as a failure.
+/// charged (the request never reached the target); a [`CallError::TimedOut`] from the
+/// deadline layer below counts as a failure.
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer {
     breaker: Arc<CircuitBreaker>,
@@ -502,25 +501,7 @@ where
                 target: target.clone(),
                 retry_after: r.retry_after,
             })?;
-            let deadline = req
-                .extensions()
-                .get::<super::deadline::CallDeadline>()
-                .copied();
-            let call = async { super::stack::ready_call(inner, req).await };
-            let result = match deadline {
-                Some(d) => match tokio::time::timeout_at(d.at, call).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        permit.failure();
-                        return Err(CallError::TimedOut {
-                            target,
-                            after: d.budget,
-                        }
-                        .into());
-                    }
-                },
-                None => call.await,
-            };
+            let result = super::stack::ready_call(inner, req).await;
             match result {
                 Ok(res) => {
                     permit.record(!classifier.is_failure(&res));

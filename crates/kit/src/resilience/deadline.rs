@@ -75,16 +75,6 @@ pub async fn propagate(req: Request, next: Next) -> Response {
 /// The standard gRPC deadline header (`grpc-timeout: 1500m`).
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// The deadline of one outbound call, put in the request's extensions by
-/// [`DeadlineLayer`] so the layers below it (retry, circuit breaker) respect it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallDeadline {
-    /// When the call must be answered.
-    pub at: Instant,
-    /// The budget it was given.
-    pub budget: Duration,
-}
-
 /// Writes what is left until `deadline` into the request's headers: always
 /// `x-flotilla-deadline-ms`, and `grpc-timeout` for gRPC requests (so any gRPC server,
 /// ours or not, sees the deadline).
@@ -139,9 +129,10 @@ pub fn from_headers(headers: &HeaderMap) -> Option<Duration> {
         .and_then(parse_grpc_timeout)
 }
 
-/// Tower layer: gives each call a budget — its timeout, cut to what is left of the
-/// current request's deadline — sends the budget on in the request headers, and fails
-/// the call with [`CallError::TimedOut`] when it runs out.
+/// Tower layer: gives each call (each attempt, below the retry layer) a budget — its
+/// timeout, cut to what is left of the current request's deadline — sends the budget
+/// on in the request headers, and fails the call with [`CallError::TimedOut`] when it
+/// runs out.
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     target: Arc<str>,
@@ -204,7 +195,6 @@ where
             if budget.is_zero() {
                 return Err(timed_out().into());
             }
-            req.extensions_mut().insert(CallDeadline { at, budget });
             stamp(req.headers_mut(), at);
             let call = async { super::stack::ready_call(inner, req).await };
             match tokio::time::timeout_at(at, call).await {

@@ -154,9 +154,8 @@ impl Retry {
 /// ([`is_retry_safe`]) or that surely never reached the target.
 ///
 /// The request body is buffered once so each attempt can carry it; `rebuild` turns the
-/// bytes back into the inner service's body type. Attempts never start past the call's
-/// [`CallDeadline`](super::deadline::CallDeadline), and each carries the time then left
-/// in its deadline headers.
+/// bytes back into the inner service's body type. No attempt starts past the deadline
+/// of the request being handled ([`super::deadline::current`]).
 #[derive(Debug)]
 pub struct RetryLayer<B> {
     retry: Retry,
@@ -261,20 +260,10 @@ where
                 .map_err(Into::into)?
                 .to_bytes();
             let safe = layer.all_idempotent || is_retry_safe(&parts.method, &parts.headers);
-            let deadline = parts
-                .extensions
-                .get::<super::deadline::CallDeadline>()
-                .map(|d| d.at)
-                .or_else(super::deadline::current);
+            let deadline = super::deadline::current();
             let rebuild = layer.rebuild;
-            let attempt = move |n: u32| {
-                let mut parts = parts.clone();
-                if n > 0
-                    && let Some(d) = deadline
-                {
-                    super::deadline::stamp(&mut parts.headers, d);
-                }
-                let req = http::Request::from_parts(parts, rebuild(bytes.clone()));
+            let attempt = move |_| {
+                let req = http::Request::from_parts(parts.clone(), rebuild(bytes.clone()));
                 let svc = inner.clone();
                 async move { super::stack::ready_call(svc, req).await }
             };

@@ -5,12 +5,16 @@
 //!   caller
 //!     │ fallback         a degraded answer when the call fails (optional)
 //!     │ bulkhead         at most N calls in flight to the target, a bounded queue
-//!     │ deadline         the call's budget: its timeout, cut to the caller's deadline,
-//!     │                  sent on as x-flotilla-deadline-ms (and grpc-timeout)
 //!     │ retry            safe calls only, full jitter, budget, never past the deadline
 //!     │ circuit breaker  per attempt: rejected at once while open
+//!     │ deadline         per attempt: its timeout, cut to the caller's deadline, sent
+//!     │                  on as x-flotilla-deadline-ms (and grpc-timeout)
 //!     ▼ transport        a tonic Channel, a hyper client, …
 //! ```
+//!
+//! The timeout applies to each attempt (Envoy's per-try timeout), so a timed-out
+//! attempt charges the breaker and may be retried; the caller's own deadline, when it
+//! has one, bounds all attempts together.
 //!
 //! The layers work on `http::Request`/`http::Response`, so one stack serves HTTP and
 //! gRPC clients alike; a [`Classifier`] says which answers count as failures. Each layer
@@ -237,13 +241,9 @@ impl ClientStack {
         &self,
         transport: S,
         rebuild: fn(bytes::Bytes) -> B,
-    ) -> BulkheadService<DeadlineService<RetryService<CircuitBreakerService<S>, B>>> {
+    ) -> BulkheadService<RetryService<CircuitBreakerService<DeadlineService<S>>, B>> {
         tower::ServiceBuilder::new()
             .layer(BulkheadLayer::new(self.policy.bulkhead.clone()))
-            .layer(DeadlineLayer::new(
-                self.policy.breaker.target(),
-                self.timeout,
-            ))
             .layer(
                 RetryLayer::new(self.policy.retry.clone(), self.classifier, rebuild)
                     .all_idempotent(self.idempotent),
@@ -251,6 +251,10 @@ impl ClientStack {
             .layer(CircuitBreakerLayer::new(
                 self.breaker.clone(),
                 self.classifier,
+            ))
+            .layer(DeadlineLayer::new(
+                self.policy.breaker.target(),
+                self.timeout,
             ))
             .service(transport)
     }

@@ -789,6 +789,16 @@ pub fn rss_of(pid: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `GET /openapi.json`, for a service's admin listener: its public API as `D` describes
+/// it (generated from the code with utoipa); the gateway merges these documents.
+pub fn openapi_route<D: utoipa::OpenApi>() -> Router {
+    let doc = D::openapi();
+    Router::new().route(
+        "/openapi.json",
+        get(move || std::future::ready(axum::Json(doc.clone()))),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

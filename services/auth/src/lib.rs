@@ -214,7 +214,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     Ok(Service::bind(&ctx, cfg.listen, cfg.admin_listen)
         .await?
         .router(api::router(state))
-        .admin_routes(openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
         .readiness(
             "store",
             Arc::new(move || {
@@ -254,14 +254,4 @@ async fn purge_refresh_tokens(store: Arc<dyn store::AuthStore>) {
             Err(e) => tracing::warn!(error = %e, "purging refresh tokens failed"),
         }
     }
-}
-
-/// `GET /openapi.json` on the admin listener: this service's public API, generated from
-/// the code.
-fn openapi_route<D: utoipa::OpenApi>() -> axum::Router {
-    let doc = D::openapi();
-    axum::Router::new().route(
-        "/openapi.json",
-        axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
-    )
 }

@@ -117,7 +117,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         .await?;
     Ok(service
         .router(api::router(api::AppState { store }))
-        .admin_routes(openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
         .readiness(
             "store",
             Arc::new(move || {
@@ -139,14 +139,4 @@ async fn sweep(store: Arc<dyn store::CatalogStore>, interval: Duration) {
             Err(e) => tracing::warn!(error = %e, "sweeping expired reservations failed"),
         }
     }
-}
-
-/// `GET /openapi.json` on the admin listener: this service's public API, generated from
-/// the code.
-fn openapi_route<D: utoipa::OpenApi>() -> axum::Router {
-    let doc = D::openapi();
-    axum::Router::new().route(
-        "/openapi.json",
-        axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
-    )
 }

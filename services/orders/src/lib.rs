@@ -152,7 +152,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
             clients,
             cards,
         }))
-        .admin_routes(openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
         .readiness(
             "store",
             Arc::new(move || {
@@ -173,13 +173,4 @@ async fn purge_answers(store: store::OrderStore, ttl: Duration) {
             Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
         }
     }
-}
-
-/// `GET /openapi.json` on the admin listener: this service's public API.
-fn openapi_route<D: utoipa::OpenApi>() -> axum::Router {
-    let doc = D::openapi();
-    axum::Router::new().route(
-        "/openapi.json",
-        axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
-    )
 }

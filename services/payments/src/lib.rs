@@ -96,7 +96,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         .grpc(cfg.grpc_listen, grpc_routes.into_axum_router())
         .await?
         .router(api::router(payments))
-        .admin_routes(openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
         .readiness(
             "store",
             Arc::new(move || {
@@ -104,14 +104,4 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
                 Box::pin(async move { l.ping().await.map_err(|e| e.to_string()) })
             }),
         ))
-}
-
-/// `GET /openapi.json` on the admin listener: this service's public API, generated from
-/// the code.
-fn openapi_route<D: utoipa::OpenApi>() -> axum::Router {
-    let doc = D::openapi();
-    axum::Router::new().route(
-        "/openapi.json",
-        axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
-    )
 }

@@ -13,3 +13,21 @@ pub async fn open(
 ) -> Result<PgPool, StoreError> {
     super::open_server(url, setting, migrations).await
 }
+
+/// A statement written with `?` placeholders (as SQLite and MariaDB take them) in
+/// PostgreSQL's numbered form: `?` becomes `$1`, `$2`… The statement must not have a
+/// `?` inside a literal.
+pub fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

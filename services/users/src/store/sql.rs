@@ -50,21 +50,9 @@ fn sqlite(sql: &'static str) -> Cow<'static, str> {
     Cow::Borrowed(sql)
 }
 
-/// PostgreSQL numbers its placeholders: `?` becomes `$1`, `$2`… (no statement here has
-/// a `?` inside a literal).
+/// PostgreSQL numbers its placeholders (`?` becomes `$1`, `$2`…).
 fn postgres(sql: &'static str) -> Cow<'static, str> {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    Cow::Owned(kit::store::postgres::numbered_placeholders(sql))
 }
 
 macro_rules! profiles {

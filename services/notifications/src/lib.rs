@@ -159,14 +159,14 @@ pub async fn build_with_bus(ctx: Context, bus: Arc<dyn EventBus>) -> Result<Serv
         .unwrap_or_else(|| format!("sqlite://{}", own.join("notifications.db").display()));
     let store = store::open(&url, &ctx.setting("store")).await?;
     let mailer: Arc<dyn Mailer> = match cfg.smtp.as_deref().map(str::trim) {
-        Some(url) if !url.is_empty() => Arc::new(
-            SmtpMailer::new(url, &ctx.setting("smtp"), cfg.smtp_timeout).map_err(|message| {
+        Some(url) if !url.is_empty() => {
+            Arc::new(SmtpMailer::new(url, cfg.smtp_timeout).map_err(|message| {
                 ConfigError::Setting {
                     setting: ctx.setting("smtp"),
                     message,
                 }
-            })?,
-        ),
+            })?)
+        }
         _ => {
             let root = cfg.maildir.clone().unwrap_or_else(|| own.join("maildir"));
             Arc::new(Maildir::create(&root).map_err(|e| StartError::Other(e.to_string()))?)

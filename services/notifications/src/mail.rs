@@ -109,12 +109,12 @@ impl std::fmt::Debug for SmtpMailer {
 }
 
 impl SmtpMailer {
-    /// A mailer for `url`; `setting` names it in errors. Nothing connects yet.
-    pub fn new(url: &str, setting: &str, timeout: Duration) -> Result<Self, String> {
+    /// A mailer for `url`. Nothing connects yet.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| {
                 format!(
-                    "setting `{setting}`: {:?} is not an SMTP URL (smtp://host:port): {e}",
+                    "{:?} is not an SMTP URL (smtp://host:port): {e}",
                     kit::store::redact(url)
                 )
             })?
@@ -265,14 +265,10 @@ mod tests {
 
     #[test]
     fn smtp_urls_are_checked() {
-        let e = SmtpMailer::new(
-            "http://x",
-            "FLOTILLA_NOTIFICATIONS__SMTP",
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
-        assert!(e.contains("FLOTILLA_NOTIFICATIONS__SMTP"), "{e}");
-        assert!(SmtpMailer::new("smtp://127.0.0.1:2525", "X", Duration::from_secs(1)).is_ok());
+        let e = SmtpMailer::new("http://user:secret@x", Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("not an SMTP URL"), "{e}");
+        assert!(!e.contains("secret"), "credentials stay out of errors: {e}");
+        assert!(SmtpMailer::new("smtp://127.0.0.1:2525", Duration::from_secs(1)).is_ok());
     }
 
     #[tokio::test]

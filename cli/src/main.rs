@@ -4,6 +4,7 @@
 //! so every service is its own OS process while users build one artifact.
 #![forbid(unsafe_code)]
 
+mod analytics;
 mod auth;
 mod bus;
 mod chaos;
@@ -45,6 +46,9 @@ enum Command {
     /// Operate auth: rotate its signing key.
     #[command(subcommand)]
     Auth(auth::Auth),
+    /// Operate analytics: rebuild its projections by replaying the stream.
+    #[command(subcommand)]
+    Analytics(analytics::Analytics),
     /// Run one service in the foreground (what `up` spawns; what a container runs).
     Run {
         /// The service: one of the names `flotilla status` lists.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Chaos(cmd) => chaos::chaos(cmd),
         Command::Bus(cmd) => bus::bus(cmd),
         Command::Auth(cmd) => auth::auth(cmd),
+        Command::Analytics(cmd) => analytics::analytics(cmd),
     }
 }
 

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 /// Every service, registry first (others register with it), then the event bus (others
-/// publish to it), users before auth (auth creates profiles in it), gateway last.
+/// publish to it), users before auth (auth creates profiles in it), the event consumers
+/// (notifications, analytics) after the producers, gateway last.
 pub const NAMES: &[&str] = &[
     "registry",
     "bus",
@@ -12,6 +13,8 @@ pub const NAMES: &[&str] = &[
     "inventory",
     "payments",
     "orders",
+    "notifications",
+    "analytics",
     "gateway",
 ];
 
@@ -25,6 +28,8 @@ pub fn run(name: &str) -> ExitCode {
         "inventory" => kit::service::main("inventory", inventory::run),
         "payments" => kit::service::main("payments", payments::run),
         "orders" => kit::service::main("orders", orders::run),
+        "notifications" => kit::service::main("notifications", notifications::run),
+        "analytics" => kit::service::main("analytics", analytics::run),
         "gateway" => kit::service::main("gateway", gateway::run),
         other => {
             eprintln!("unknown service {other:?}; expected one of {NAMES:?}");

@@ -51,7 +51,7 @@ async fn report() -> anyhow::Result<bool> {
         .await
         .map_err(|e| anyhow::anyhow!("Flotilla is not running (no registry at {url}): {e}"))?;
     println!(
-        "{:<10} {:<20} {:<22} {:<9} {:>9} {:>9}  VERSION",
+        "{:<13} {:<20} {:<22} {:<9} {:>9} {:>9}  VERSION",
         "SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "RSS"
     );
     let mut total_rss = 0u64;
@@ -72,7 +72,7 @@ async fn report() -> anyhow::Result<bool> {
                 .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
                 .unwrap_or_else(|| "-".into());
             println!(
-                "{:<10} {:<20} {:<22} {:<9} {:>9} {:>9}  {}",
+                "{:<13} {:<20} {:<22} {:<9} {:>9} {:>9}  {}",
                 s.name,
                 i.id,
                 i.addr,

@@ -164,7 +164,7 @@ impl Supervisor {
             .map(|name| {
                 let bar = self.out.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix:<10} {msg}")
+                    ProgressStyle::with_template("{spinner} {prefix:<13} {msg}")
                         .expect("static template"),
                 );
                 bar.set_prefix(*name);
@@ -224,7 +224,7 @@ impl Supervisor {
             }
             bars[name].set_message(format!("ready ({:.2}s)", begun.elapsed().as_secs_f64()));
             self.out.line_if_plain(&format!(
-                "{name:<10} ready ({:.2}s)",
+                "{name:<13} ready ({:.2}s)",
                 begun.elapsed().as_secs_f64()
             ));
         }
@@ -555,9 +555,9 @@ const PALETTE: [u8; 6] = [36, 35, 33, 32, 34, 91];
 fn render(name: &str, raw: &str, colour: bool) -> (String, bool) {
     let idx = NAMES.iter().position(|n| *n == name).unwrap_or(0) % PALETTE.len();
     let prefix = if colour {
-        format!("\x1b[{}m{name:>10} |\x1b[0m", PALETTE[idx])
+        format!("\x1b[{}m{name:>13} |\x1b[0m", PALETTE[idx])
     } else {
-        format!("{name:>10} |")
+        format!("{name:>13} |")
     };
     let Ok(serde_json::Value::Object(v)) = serde_json::from_str::<serde_json::Value>(raw) else {
         return (format!("{prefix} {raw}"), true);
@@ -632,9 +632,9 @@ mod tests {
             r#"{"time":"2026-01-02T03:04:05.123Z","level":"WARN","message":"slow","fields":{"ms":12,"sku":"A1"}}"#,
             false,
         );
-        assert_eq!(line, " inventory | 03:04:05 WARN  slow ms=12 sku=A1");
+        assert_eq!(line, "    inventory | 03:04:05 WARN  slow ms=12 sku=A1");
         assert!(loud);
         let (raw, _) = render("gateway", "not json", false);
-        assert_eq!(raw, "   gateway | not json");
+        assert_eq!(raw, "      gateway | not json");
     }
 }

@@ -179,6 +179,96 @@ async fn users_sign_up_log_in_and_reach_only_what_is_theirs_through_the_gateway(
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["user"]["id"], alice_id.as_str());
 
+    // Choreography: notifications mailed Alice a welcome and, once the saga confirmed
+    // her order, a confirmation (into the maildir); she sees only hers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mail = loop {
+        let (status, body) = call(
+            &sys,
+            reqwest::Method::GET,
+            "/api/notifications",
+            Some(&alice.access),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let types: Vec<&str> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["event_type"].as_str())
+            .collect();
+        if types.contains(&"users.registered") && types.contains(&"orders.confirmed") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alice's emails did not arrive: {body}\n{}",
+            sys.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        mail["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["to"] == "alice@example.com"),
+        "{mail}"
+    );
+    let maildir = sys.data.path().join("notifications/maildir/new");
+    assert!(
+        std::fs::read_dir(&maildir).unwrap().count() >= 4,
+        "welcome emails for admin, Alice and Bob, and Alice's confirmation in {maildir:?}"
+    );
+    let (status, _) = call(&sys, reqwest::Method::GET, "/api/notifications", None, None).await;
+    assert_eq!(status, 401);
+
+    // Analytics counts the registrations and the order, for administrators only.
+    let (status, _) = call(
+        &sys,
+        reqwest::Method::GET,
+        "/api/analytics/summary?window=1h",
+        Some(&bob.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "a customer cannot read analytics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, s) = call(
+            &sys,
+            reqwest::Method::GET,
+            "/api/analytics/summary?window=1h",
+            Some(&admin.access),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{s}");
+        if s["registrations"].as_i64() >= Some(3)
+            && s["orders"].as_i64() >= Some(1)
+            && s["confirmed"].as_i64() >= Some(1)
+        {
+            assert!(s["revenue_cents"].as_i64() > Some(0), "{s}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "analytics did not count the sign-ups and the order: {s}\n{}",
+            sys.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, p) = call(
+        &sys,
+        reqwest::Method::GET,
+        "/api/analytics/summary?window=forever",
+        Some(&admin.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{p}");
+
     // Refresh rotation: the new pair works; reusing the old token revokes the family.
     let (status, rotated) = call(
         &sys,

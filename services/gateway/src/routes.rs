@@ -259,8 +259,8 @@ pub fn default_routes() -> Vec<RouteConfig> {
         RouteConfig::new("/api/users", "users")
             .scope("users:write")
             .method("GET", MethodAccess::scope("users:read")),
-        // `/api/notifications` (scope notifications:read) and `/api/analytics` (role
-        // admin) join the table with their services.
+        RouteConfig::new("/api/notifications", "notifications").scope("notifications:read"),
+        RouteConfig::new("/api/analytics", "analytics").role("admin"),
     ]
 }
 
@@ -475,6 +475,14 @@ mod tests {
             (false, Some("users:read".into()), None)
         );
         assert_eq!(rule("/api/auth", Method::POST), (true, None, None));
+        assert_eq!(
+            rule("/api/notifications", Method::GET),
+            (false, Some("notifications:read".into()), None)
+        );
+        assert_eq!(
+            rule("/api/analytics", Method::GET),
+            (false, None, Some("admin".into()))
+        );
         // Closed unless opened.
         let plain = RouteConfig::new("/x", "x");
         assert!(!plain.access(&Method::GET).public);

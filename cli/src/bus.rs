@@ -78,9 +78,11 @@ pub fn bus(cmd: Bus) -> ExitCode {
 
 fn base_url(url: &str) -> anyhow::Result<String> {
     match url.strip_prefix("bus://") {
-        Some(authority) if !authority.is_empty() => {
-            Ok(format!("http://{}", authority.trim_end_matches('/')))
-        }
+        Some(authority) if !authority.is_empty() => Ok(format!(
+            "{}://{}",
+            kit::security::mtls::scheme(),
+            authority.trim_end_matches('/')
+        )),
         _ => bail!(
             "{url:?} is not an embedded bus (bus://host:port); for NATS JetStream use the \
              `nats` tool (dead letters are on subjects deadletter.<group>.<subject>)"
@@ -88,8 +90,15 @@ fn base_url(url: &str) -> anyhow::Result<String> {
     }
 }
 
+/// A client of the bus with the operator's identity.
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(kit::security::mtls::reqwest_builder().build()?)
+}
+
 async fn get<T: serde::de::DeserializeOwned>(url: String) -> anyhow::Result<T> {
-    let response = reqwest::get(&url)
+    let response = client()?
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("cannot reach the bus at {url}"))?;
     let status = response.status();
@@ -175,7 +184,7 @@ async fn run(cmd: Bus) -> anyhow::Result<()> {
         }
         BusCommand::Replay { seq } => {
             let url = format!("{base}/v1/deadletters/{seq}/replay");
-            let response = reqwest::Client::new()
+            let response = client()?
                 .post(&url)
                 .send()
                 .await

@@ -59,6 +59,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These talk to the registry and the bus, which only take callers with a
+    // certificate from the system's CA.
+    if matches!(
+        cli.command,
+        Command::Status | Command::Chaos(_) | Command::Bus(_)
+    ) && let Err(e) = install_operator(&kit::config::Config::load())
+    {
+        eprintln!("flotilla: {e:#}");
+        return ExitCode::from(kit::config::EX_USAGE as u8);
+    }
     match cli.command {
         Command::Run { service } => services::run(&service),
         Command::Up { data_dir } => up::up(data_dir),
@@ -68,6 +78,21 @@ fn main() -> ExitCode {
         Command::Auth(cmd) => auth::auth(cmd),
         Command::Analytics(cmd) => analytics::analytics(cmd),
     }
+}
+
+/// Makes this process's clients speak as `operator`, the identity `flotilla up` issues
+/// for the commands (`<data dir>/tls/operator.crt`), unless internal traffic is plain
+/// text (`FLOTILLA_INSECURE_INTERNAL=1`).
+fn install_operator(config: &kit::config::Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use kit::security::mtls;
+    let common = config.common()?;
+    let tls: mtls::TlsConfig = config.section("tls")?;
+    let transport = mtls::InternalTransport::load(mtls::OPERATOR, &common, &tls).context(
+        "cannot load the operator's certificate (does `flotilla up` run with this data directory?)",
+    )?;
+    mtls::install(transport);
+    Ok(())
 }
 
 /// Runs one command's async body on a small runtime, printing its error as

@@ -89,6 +89,7 @@ fn plan(data_dir: PathBuf) -> anyhow::Result<Plan> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&data_dir)?;
     let config = Config::load().merged("data_dir", &data_dir);
+    internal_identities(&config)?;
     let registry: registry::RegistryConfig = config.section("registry")?;
     let bus = bus::config(&config)?;
     let gateway: gateway::GatewayConfig = config.section("gateway")?;
@@ -113,6 +114,34 @@ fn plan(data_dir: PathBuf) -> anyhow::Result<Plan> {
         bus: bus.listen,
         gateway: gateway.listen,
     })
+}
+
+/// Issues every service (and the operator) a certificate from the development CA under
+/// `<data dir>/tls/` (created at the first start, kept after), then gives this process
+/// the operator identity. With `FLOTILLA_INSECURE_INTERNAL=1`, says loudly that
+/// internal traffic is plain text instead.
+fn internal_identities(config: &Config) -> anyhow::Result<()> {
+    use kit::security::mtls::{self, SpiffeId, TlsConfig, dev_ca::DevCa};
+    let common = config.common()?;
+    if common.insecure_internal {
+        eprintln!(
+            "flotilla up: WARNING: {} is set: services talk to each other in plain text, \
+             without certificates or call policy",
+            mtls::INSECURE_ENV
+        );
+        return Ok(());
+    }
+    let tls: TlsConfig = config.section("tls")?;
+    let dir = common.data_dir.join("tls");
+    let ca = DevCa::load_or_create(&dir)
+        .with_context(|| format!("cannot set up the development CA in {}", dir.display()))?;
+    for name in NAMES.iter().copied().chain([mtls::OPERATOR]) {
+        let id = SpiffeId::new(&tls.trust_domain, name)
+            .map_err(|e| anyhow::anyhow!("setting `FLOTILLA_TLS__TRUST_DOMAIN`: {e}"))?;
+        ca.issue(&id)
+            .with_context(|| format!("cannot issue the certificate of {name}"))?;
+    }
+    crate::install_operator(config)
 }
 
 /// A running child process of one service.
@@ -184,9 +213,10 @@ impl Supervisor {
             return Err(e);
         }
         self.out.line(&format!(
-            "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  registry  http://{}\n  logs      {}\nPress Ctrl-C to stop.\n",
+            "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  registry  {}://{}\n  logs      {}\nPress Ctrl-C to stop.\n",
             begun.elapsed().as_secs_f64(),
             self.plan.gateway,
+            kit::security::mtls::scheme(),
             self.plan.registry,
             self.plan.data_dir.join("logs").display(),
         ));
@@ -288,19 +318,17 @@ impl Supervisor {
     }
 
     async fn wait_registry(&mut self) -> anyhow::Result<()> {
-        let url = format!("http://{}/v1/services", self.plan.registry);
-        let http = self.http.clone();
+        let client = self.registry_client()?;
         self.poll_until("registry", || {
-            let req = http.get(&url).send();
-            async move { req.await.is_ok_and(|r| r.status().is_success()) }
+            let client = client.clone();
+            async move { client.services().await.is_ok() }
         })
         .await
     }
 
     /// Ready means: registered with this pid, and its admin `/readyz` answers 200.
     async fn wait_ready(&mut self, name: &'static str, pid: u32) -> anyhow::Result<()> {
-        let client =
-            kit::discovery::registry::RegistryClient::new(format!("http://{}", self.plan.registry));
+        let client = self.registry_client()?;
         let http = self.http.clone();
         self.poll_until(name, || {
             let (client, http) = (client.clone(), http.clone());
@@ -324,6 +352,14 @@ impl Supervisor {
             }
         })
         .await
+    }
+
+    /// A client of the registry, as the operator.
+    fn registry_client(&self) -> anyhow::Result<kit::discovery::registry::RegistryClient> {
+        Ok(kit::discovery::registry::RegistryClient::from_url(
+            &self.plan.discovery(),
+            "FLOTILLA_REGISTRY__LISTEN",
+        )?)
     }
 
     /// Polls `check` until it holds, the service exits, or the timeout passes.

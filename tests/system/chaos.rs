@@ -131,7 +131,7 @@ async fn failing_payments_grpc_opens_the_orders_breaker_and_the_saga_finishes_af
     .await;
     let orders = loop {
         if let Some(i) = sys.instances("orders").await.first() {
-            break format!("http://{}", i["addr"].as_str().unwrap());
+            break format!("https://{}", i["addr"].as_str().unwrap());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -149,7 +149,7 @@ async fn failing_payments_grpc_opens_the_orders_breaker_and_the_saga_finishes_af
     let body = serde_json::json!({"items": [{"sku": "FLT-BOAT-001", "quantity": 1}],
         "payment": {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}});
     let res = sys
-        .http
+        .as_gateway
         .post(format!("{orders}/api/orders"))
         .header("x-flotilla-user-id", "grpc-chaos-user")
         .header("idempotency-key", "grpc-chaos-1")
@@ -191,7 +191,7 @@ async fn failing_payments_grpc_opens_the_orders_breaker_and_the_saga_finishes_af
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let o: Value = sys
-            .http
+            .as_gateway
             .get(format!("{orders}/api/orders/{id}"))
             .header("x-flotilla-user-id", "grpc-chaos-user")
             .send()

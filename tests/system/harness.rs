@@ -26,6 +26,20 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..32000");
 }
 
+/// A client with `identity`'s certificate from `<data dir>/tls/`.
+pub fn internal_client(data_dir: &std::path::Path, identity: &str) -> reqwest::Client {
+    use kit::security::mtls::{self, CallPolicy, InternalTransport, Mtls, SpiffeId, TlsConfig};
+    let (ca, cert, key) = TlsConfig::default().files(data_dir, identity);
+    let id = SpiffeId::new(mtls::DEFAULT_TRUST_DOMAIN, identity).unwrap();
+    let mtls = Mtls::from_files(id, &ca, &cert, &key, CallPolicy::default())
+        .expect("flotilla up issued the certificate");
+    InternalTransport::Mtls(std::sync::Arc::new(mtls))
+        .reqwest_builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 /// Whether a process exists.
 pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
@@ -36,7 +50,14 @@ pub struct System {
     up: Option<Child>,
     pub gateway: String,
     pub registry: String,
+    /// For the gateway (the edge) and admin listeners.
     pub http: reqwest::Client,
+    /// For internal listeners (the registry): mTLS as `operator`, the identity
+    /// `flotilla up` issues for the commands.
+    pub operator: reqwest::Client,
+    /// For calling a service directly with identity headers, which only the gateway
+    /// may send: mTLS with the gateway's certificate.
+    pub as_gateway: reqwest::Client,
     pub data: tempfile::TempDir,
     seen_pids: Vec<u32>,
 }
@@ -46,8 +67,12 @@ impl System {
     pub fn env(&self, cmd: &mut Command) {
         cmd.env(
             "FLOTILLA_DISCOVERY",
-            format!("registry://{}", self.registry.trim_start_matches("http://")),
-        );
+            format!(
+                "registry://{}",
+                self.registry.trim_start_matches("https://")
+            ),
+        )
+        .env("FLOTILLA_DATA_DIR", self.data.path());
     }
 
     /// Starts `flotilla up` and waits until the gateway serves products.
@@ -57,6 +82,7 @@ impl System {
 
     /// Like [`System::start`], with extra environment for every service.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        kit::security::mtls::install_crypto_provider();
         let data = tempfile::tempdir().unwrap();
         let (gw, reg, bus) = (free_port(), free_port(), free_port());
         let up = flotilla()
@@ -77,11 +103,14 @@ impl System {
         let mut sys = Self {
             up: Some(up),
             gateway: format!("http://127.0.0.1:{gw}"),
-            registry: format!("http://127.0.0.1:{reg}"),
+            registry: format!("https://127.0.0.1:{reg}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
+            // Replaced by the operator's client once `up` has issued the certificates.
+            operator: reqwest::Client::new(),
+            as_gateway: reqwest::Client::new(),
             data,
             seen_pids: Vec::new(),
         };
@@ -106,6 +135,8 @@ impl System {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        sys.operator = internal_client(sys.data.path(), kit::security::mtls::OPERATOR);
+        sys.as_gateway = internal_client(sys.data.path(), "gateway");
         sys.remember_pids().await;
         sys
     }
@@ -125,7 +156,7 @@ impl System {
     /// `GET /v1/services/{name}` instances.
     pub async fn instances(&self, service: &str) -> Vec<Value> {
         let v: Value = self
-            .http
+            .operator
             .get(format!("{}/v1/services/{service}", self.registry))
             .send()
             .await
@@ -177,7 +208,7 @@ impl System {
     /// Records the pids of every registered instance (checked at stop).
     pub async fn remember_pids(&mut self) {
         let all: Value = self
-            .http
+            .operator
             .get(format!("{}/v1/services", self.registry))
             .send()
             .await

@@ -3,5 +3,6 @@
 mod chaos;
 mod harness;
 mod identity;
+mod mtls;
 mod saga;
 mod up;

@@ -17,7 +17,7 @@ async fn orders_instance(sys: &System) -> (String, u32) {
     for _ in 0..300 {
         if let Some(i) = sys.instances("orders").await.first() {
             let pid = i["metadata"]["pid"].as_str().unwrap().parse().unwrap();
-            return (format!("http://{}", i["addr"].as_str().unwrap()), pid);
+            return (format!("https://{}", i["addr"].as_str().unwrap()), pid);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -32,7 +32,7 @@ async fn post(
     body: &Value,
 ) -> Option<(u16, Value)> {
     let res = sys
-        .http
+        .as_gateway
         .post(url)
         .header("x-flotilla-user-id", user)
         .header("x-flotilla-roles", roles)
@@ -46,7 +46,7 @@ async fn post(
 
 async fn order_status(sys: &System, base: &str, id: &str) -> Option<Value> {
     let res = sys
-        .http
+        .as_gateway
         .get(format!("{base}/api/orders/{id}"))
         .header("x-flotilla-user-id", "crash-user")
         .send()
@@ -60,7 +60,7 @@ async fn killing_orders_mid_saga_loses_no_order_stock_or_money() {
     // Slow payments keep many sagas in flight when orders is killed.
     let sys = System::start_with(&[("FLOTILLA_PAYMENTS__PROVIDER_LATENCY", "100ms")]).await;
     let inventory = sys.instances("inventory").await;
-    let inv = format!("http://{}", inventory[0]["addr"].as_str().unwrap());
+    let inv = format!("https://{}", inventory[0]["addr"].as_str().unwrap());
     let (status, body) = post(
         &sys,
         &format!("{inv}/api/products"),
@@ -78,7 +78,7 @@ async fn killing_orders_mid_saga_loses_no_order_stock_or_money() {
     let mut clients = Vec::new();
     for c in 0..4 {
         let orders = orders.clone();
-        let http = sys.http.clone();
+        let http = sys.as_gateway.clone();
         clients.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
             for n in 0..15 {

@@ -107,7 +107,7 @@ async fn up_serves_survives_a_crash_and_stops_cleanly() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let back = sys
-            .http
+            .operator
             .get(format!("{}/v1/services/inventory", sys.registry))
             .send()
             .await
@@ -193,9 +193,23 @@ async fn a_taken_port_is_a_clear_error() {
 #[tokio::test]
 async fn bad_configuration_names_the_setting() {
     let dir = tempfile::tempdir().unwrap();
+    // No certificate where the service looks for it: mTLS is not optional.
     let out = flotilla()
         .args(["run", "inventory"])
         .env("FLOTILLA_DATA_DIR", dir.path())
+        .env("FLOTILLA_DISCOVERY", "static://")
+        .env_remove("FLOTILLA_INSECURE_INTERNAL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FLOTILLA_TLS__CA"), "{err}");
+
+    // The rest is about other settings.
+    let out = flotilla()
+        .args(["run", "inventory"])
+        .env("FLOTILLA_DATA_DIR", dir.path())
+        .env("FLOTILLA_INSECURE_INTERNAL", "1")
         .env("FLOTILLA_DISCOVERY", "static://")
         .env("FLOTILLA_INVENTORY__STORE", "mongodb://localhost/x")
         .output()
@@ -207,6 +221,7 @@ async fn bad_configuration_names_the_setting() {
     let out = flotilla()
         .args(["run", "gateway"])
         .env("FLOTILLA_DATA_DIR", dir.path())
+        .env("FLOTILLA_INSECURE_INTERNAL", "1")
         .env("FLOTILLA_DISCOVERY", "consul://x")
         .output()
         .unwrap();
@@ -216,6 +231,7 @@ async fn bad_configuration_names_the_setting() {
     let out = flotilla()
         .args(["run", "gateway"])
         .env("FLOTILLA_DATA_DIR", dir.path())
+        .env("FLOTILLA_INSECURE_INTERNAL", "1")
         .env("FLOTILLA_GATEWAY__LISTEN", "not-an-address")
         .output()
         .unwrap();
@@ -225,6 +241,7 @@ async fn bad_configuration_names_the_setting() {
     let out = flotilla()
         .args(["run", "inventory"])
         .env("FLOTILLA_DATA_DIR", dir.path())
+        .env("FLOTILLA_INSECURE_INTERNAL", "1")
         .env("FLOTILLA_DISCOVERY", "static://")
         .env("FLOTILLA_INVENTORY__STORE", "redis://127.0.0.1:1")
         .output()

@@ -106,17 +106,20 @@ impl EmbeddedBus {
                 message: format!("expected bus://host:port, got {url:?}"),
             });
         }
-        let http = reqwest::Client::builder()
+        // The bus is an internal listener: the process's transport (mTLS) reaches it.
+        let transport = kit::security::mtls::process();
+        let http = transport
+            .reqwest_builder()
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
         Ok(Self {
-            base: format!("http://{authority}"),
+            base: format!("{}://{authority}", transport.scheme()),
             http,
         })
     }
 
-    /// The bus's HTTP base URL (`http://host:port`).
+    /// The bus's base URL (`https://host:port`, `http://` without mTLS).
     pub fn base_url(&self) -> &str {
         &self.base
     }

@@ -92,6 +92,10 @@ pub struct Common {
     /// How long a stopping service lets in-flight requests finish (`FLOTILLA_SHUTDOWN_GRACE`).
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Internal traffic in plain text instead of mTLS (`FLOTILLA_INSECURE_INTERNAL=1`);
+    /// for tests and experiments only, warned about at start.
+    #[serde(deserialize_with = "flag")]
+    pub insecure_internal: bool,
 }
 
 impl Default for Common {
@@ -104,6 +108,7 @@ impl Default for Common {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             lease_ttl: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            insecure_internal: false,
         }
     }
 }
@@ -152,11 +157,39 @@ impl Config {
         Ok(self.figment.extract_inner(name)?)
     }
 
+    /// The same configuration with plain-text internal traffic
+    /// (`insecure_internal = true`): what in-process tests that do not exercise mTLS
+    /// opt into.
+    pub fn insecure_internal(self) -> Self {
+        self.merged("insecure_internal", true)
+    }
+
     /// Adds a layer on top (used by `flotilla up` and tests to pin values).
     pub fn merged(self, key: &str, value: impl Serialize) -> Self {
         Self {
             figment: self.figment.merge(Serialized::global(key, value)),
         }
+    }
+}
+
+/// A switch set from the environment: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Num(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(b) => Ok(b),
+        Raw::Num(1) => Ok(true),
+        Raw::Num(0) => Ok(false),
+        Raw::Text(t) if ["1", "true", "yes", "on"].contains(&t.to_lowercase().as_str()) => Ok(true),
+        Raw::Text(t) if ["0", "false", "no", "off", ""].contains(&t.to_lowercase().as_str()) => {
+            Ok(false)
+        }
+        _ => Err(serde::de::Error::custom("expected 1 or 0 (true or false)")),
     }
 }
 
@@ -286,6 +319,28 @@ mod tests {
                 .to_string();
             assert!(err.contains("not a duration"), "{err}");
             assert!(err.contains("FLOTILLA_GATEWAY__TIMEOUT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn insecure_internal_is_an_explicit_switch() {
+        Jail::expect_with(|jail| {
+            let common = |jail: &mut Jail, v: &str| {
+                jail.set_env("FLOTILLA_INSECURE_INTERNAL", v);
+                Config::from_file(Path::new("none.toml")).common()
+            };
+            assert!(
+                !Config::from_file(Path::new("none.toml"))
+                    .common()
+                    .unwrap()
+                    .insecure_internal
+            );
+            assert!(common(jail, "1").unwrap().insecure_internal);
+            assert!(common(jail, "true").unwrap().insecure_internal);
+            assert!(!common(jail, "0").unwrap().insecure_internal);
+            let err = common(jail, "maybe").unwrap_err().to_string();
+            assert!(err.contains("FLOTILLA_INSECURE_INTERNAL"), "{err}");
             Ok(())
         });
     }

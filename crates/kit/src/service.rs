@@ -12,6 +12,9 @@
 //! # }
 //! ```
 //!
+//! The public and gRPC listeners are internal: mutual TLS with a certificate from the
+//! system's CA and the call policy ([`crate::security::mtls`]), unless the service
+//! is the edge ([`Service::edge`], the gateway) or `FLOTILLA_INSECURE_INTERNAL=1`.
 //! The public listener gets, outermost first: panic → `500` problem, request id and
 //! header limit, a server span joined to the caller's `traceparent`, RED metrics, the
 //! caller's deadline, fault injection (off unless set), a body limit, and `404`/`405`
@@ -41,6 +44,7 @@ use crate::config::{Common, Config, ConfigError, EX_USAGE, env_name};
 use crate::discovery::BoxFuture;
 use crate::discovery::registry::{Registration, RegistryClient};
 use crate::errors::Problem;
+use crate::security::mtls::{self, InternalTransport, TlsConfig};
 use crate::store::StoreError;
 use crate::telemetry::{self, TelemetryConfig};
 
@@ -110,18 +114,27 @@ pub struct Context {
     pub config: Config,
     /// The shared settings.
     pub common: Common,
+    /// How this service's internal listeners and clients talk: mTLS from the `[tls]`
+    /// files, or plain text with `FLOTILLA_INSECURE_INTERNAL=1`.
+    pub transport: InternalTransport,
 }
 
 impl Context {
-    /// A context from loaded configuration, with a fresh instance id.
+    /// A context from loaded configuration, with a fresh instance id and the service's
+    /// internal transport (its certificate files are read here, so a missing or wrong
+    /// one is a configuration error naming the setting).
     pub fn new(name: &'static str, config: Config) -> Result<Self, ConfigError> {
+        mtls::install_crypto_provider();
         let common = config.common()?;
+        let tls: TlsConfig = config.section("tls")?;
+        let transport = InternalTransport::load(name, &common, &tls)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
             name,
             instance_id: format!("{name}-{}", &id[..8]),
             config,
             common,
+            transport,
         })
     }
 
@@ -131,8 +144,9 @@ impl Context {
     }
 }
 
-/// Runs a service binary: loads configuration, sets up telemetry (JSON logs on
-/// stdout), runs `run` on a multi-threaded runtime, and maps errors to exit codes.
+/// Runs a service binary: loads configuration, installs the service's internal
+/// transport for the process's clients, sets up telemetry (JSON logs on stdout), runs
+/// `run` on a multi-threaded runtime, and maps errors to exit codes.
 pub fn main<F, Fut>(name: &'static str, run: F) -> ExitCode
 where
     F: FnOnce(Context) -> Fut,
@@ -145,6 +159,7 @@ where
             return ExitCode::from(EX_USAGE as u8);
         }
     };
+    mtls::install(ctx.transport.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -192,6 +207,7 @@ pub struct Service {
     metadata: BTreeMap<String, String>,
     grpc: Option<(TcpListener, Router)>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    edge: bool,
     response_headers: http::HeaderMap,
 }
 
@@ -240,6 +256,7 @@ impl Service {
             metadata: BTreeMap::new(),
             grpc: None,
             tls: None,
+            edge: false,
             response_headers: http::HeaderMap::new(),
         })
     }
@@ -289,11 +306,12 @@ impl Service {
     }
 
     /// Binds a third listener for the service's internal gRPC API (`grpc_listen`,
-    /// port 0 picks a free port) and serves `routes` there (HTTP/2 with prior knowledge,
-    /// as gRPC clients speak it). The address is advertised as `metadata.grpc_addr`, and
-    /// the listener stops and drains with the others. `routes` is a tonic router turned
-    /// into an axum one (`tonic::service::Routes::into_axum_router`), so the kit itself
-    /// stays free of gRPC code.
+    /// port 0 picks a free port) and serves `routes` there (HTTP/2, over mTLS with the
+    /// call policy like the public listener, with prior knowledge when insecure). The
+    /// address is advertised as `metadata.grpc_addr`, and the listener stops and drains
+    /// with the others. `routes` is a tonic router turned into an axum one
+    /// (`tonic::service::Routes::into_axum_router`), so the kit itself stays free of
+    /// gRPC code.
     pub async fn grpc(mut self, listen: SocketAddr, routes: Router) -> Result<Self, StartError> {
         let listener = bind(listen, self.ctx.setting("grpc_listen")).await?;
         let addr = listener
@@ -310,8 +328,18 @@ impl Service {
         self.grpc.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
-    /// Serves the public listener over TLS with `config` (HTTP/1.1 and HTTP/2 by ALPN;
-    /// a handshake gets 10 s). The admin and gRPC listeners stay as they are.
+    /// Makes the public listener the system's edge (the gateway): open to any client,
+    /// without mTLS or call policy, over plain HTTP or [`Service::tls`]. Without this
+    /// the public listener is internal, like the gRPC one: mTLS with a client
+    /// certificate from the CA and the call policy (unless `FLOTILLA_INSECURE_INTERNAL`).
+    pub fn edge(mut self) -> Self {
+        self.edge = true;
+        self
+    }
+
+    /// Serves the edge listener over TLS with `config` (HTTP/1.1 and HTTP/2 by ALPN;
+    /// a handshake gets 10 s); only with [`Service::edge`]. The admin and gRPC
+    /// listeners stay as they are.
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(config);
         self
@@ -377,8 +405,15 @@ impl Service {
             metadata: extra_metadata,
             grpc,
             tls,
+            edge,
             response_headers,
         } = self;
+        if tls.is_some() && !edge {
+            return Err(StartError::Other(format!(
+                "{}: edge TLS is for the edge listener; internal listeners use mTLS",
+                ctx.name
+            )));
+        }
         let public_addr = public
             .local_addr()
             .map_err(|e| StartError::Other(e.to_string()))?;
@@ -390,10 +425,31 @@ impl Service {
 
         let public_app = with_response_headers(public_stack(router, body_limit), response_headers);
         let admin_app = admin_stack(admin_router, checks, draining.clone());
+        let internal = ctx.transport.mtls().map(|m| m.server_config());
+        let (public_app, public_tls) = if edge {
+            (public_app, tls)
+        } else {
+            (internal_listener(&ctx, public_app, false), internal.clone())
+        };
+        let grpc = grpc.map(|(listener, routes)| {
+            let app = internal_listener(&ctx, grpc_stack(routes), true);
+            (listener, app)
+        });
+        if ctx.transport.mtls().is_none() {
+            tracing::warn!(
+                "{} is set: internal listeners and clients use plain text, without \
+                 client certificates or call policy; never do this outside tests",
+                mtls::INSECURE_ENV
+            );
+        }
 
         let registration = match (register, ctx.common.discovery.starts_with("registry://")) {
             (true, true) => {
-                let client = RegistryClient::from_url(&ctx.common.discovery, "FLOTILLA_DISCOVERY")?;
+                let client = RegistryClient::from_url_with(
+                    &ctx.common.discovery,
+                    "FLOTILLA_DISCOVERY",
+                    &ctx.transport,
+                )?;
                 let version = ctx.common.version.clone();
                 let metadata = move || {
                     let mut m = instance_metadata(admin_addr, &version, started);
@@ -425,9 +481,21 @@ impl Service {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grace = ctx.common.shutdown_grace;
-        let public_task = tokio::spawn(serve_with(public, public_app, tls, stop_rx.clone(), grace));
-        let grpc_task = grpc.map(|(listener, routes)| {
-            tokio::spawn(serve(listener, grpc_stack(routes), stop_rx.clone(), grace))
+        let public_task = tokio::spawn(serve_with(
+            public,
+            public_app,
+            public_tls,
+            stop_rx.clone(),
+            grace,
+        ));
+        let grpc_task = grpc.map(|(listener, app)| {
+            tokio::spawn(serve_with(
+                listener,
+                app,
+                internal.clone(),
+                stop_rx.clone(),
+                grace,
+            ))
         });
         let admin_task = tokio::spawn(serve(admin, admin_app, stop_rx, grace));
 
@@ -513,6 +581,24 @@ pub fn advertised(addr: SocketAddr) -> String {
     } else {
         addr.to_string()
     }
+}
+
+/// An internal listener's app: with mTLS, every request passes the call policy first
+/// (the peer identity comes from the handshake, see [`serve_with`]).
+fn internal_listener(ctx: &Context, app: Router, grpc: bool) -> Router {
+    let Some(m) = ctx.transport.mtls() else {
+        return app;
+    };
+    let enforcement = Arc::new(mtls::policy::Enforcement {
+        service: ctx.name.to_owned(),
+        trust_domain: m.identity().trust_domain().to_owned(),
+        policy: m.policy().clone(),
+        grpc,
+    });
+    app.layer(axum::middleware::from_fn_with_state(
+        enforcement,
+        mtls::policy::enforce,
+    ))
 }
 
 /// The standard public stack around a service's routes (see the module docs).
@@ -650,7 +736,9 @@ pub async fn serve(
 /// Time a client gets to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Like [`serve`], over TLS when `tls` is set.
+/// Like [`serve`], over TLS when `tls` is set. When the client presented a
+/// certificate with a SPIFFE id, every request of the connection carries it as a
+/// [`mtls::PeerIdentity`] extension.
 pub async fn serve_with(
     listener: TcpListener,
     app: Router,
@@ -682,12 +770,8 @@ pub async fn serve_with(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
-        });
         let Some(acceptor) = &acceptor else {
+            let service = connection_service(app, peer, None);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let conn = graceful.watch(conn.into_owned());
             tokio::spawn(async move {
@@ -711,6 +795,8 @@ pub async fn serve_with(
                         return;
                     }
                 };
+            let identity = mtls::peer_identity(stream.get_ref().1);
+            let service = connection_service(app, peer, identity);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let _ = watcher.watch(conn.into_owned()).await;
         });
@@ -722,6 +808,27 @@ pub async fn serve_with(
     {
         tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
     }
+}
+
+/// The per-connection service: the peer's address (and identity) on every request.
+fn connection_service(
+    app: Router,
+    peer: SocketAddr,
+    identity: Option<mtls::PeerIdentity>,
+) -> impl hyper::service::Service<
+    Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        if let Some(id) = &identity {
+            req.extensions_mut().insert(id.clone());
+        }
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    })
 }
 
 async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {

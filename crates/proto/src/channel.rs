@@ -15,6 +15,16 @@ use tower::util::BoxCloneSyncService;
 pub type ResilientChannel =
     BoxCloneSyncService<http::Request<Body>, http::Response<Body>, tonic::Status>;
 
+/// The connector for internal gRPC channels: TCP with `TCP_NODELAY`, then mTLS with the
+/// process's identity (plain text only with `FLOTILLA_INSECURE_INTERNAL=1`). Use it with
+/// `Endpoint::connect_with_connector_lazy`, the URI's scheme from
+/// `kit::security::mtls::scheme()`.
+pub fn connector() -> kit::security::mtls::InternalConnector {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    kit::security::mtls::connector(http)
+}
+
 /// Puts `channel` behind `stack`: answers with a server-side failure code
 /// (`UNAVAILABLE`, `INTERNAL`, …) count against the breaker, safe calls are retried, and
 /// the call's budget travels as `grpc-timeout`. A call a layer refuses fails with the

@@ -99,11 +99,10 @@ impl ProfileSync {
         if let Some(c) = channels.get(&addr) {
             return Ok(UsersClient::new(c.clone()));
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = Endpoint::from_shared(format!("{}://{addr}", kit::security::mtls::scheme()))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(proto::channel::connector());
         // CreateProfile is idempotent by user id: the stack may retry it.
         let stack = ClientStack::new(&self.policy, self.timeout)
             .instance(&picked.instance.id)

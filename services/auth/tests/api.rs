@@ -22,6 +22,7 @@ struct TestApp {
 
 fn config(dir: &std::path::Path, discovery: &str, auth: Value) -> Config {
     Config::for_tests(dir)
+        .insecure_internal()
         .merged("discovery", discovery)
         .merged("auth", auth)
 }
@@ -476,6 +477,7 @@ async fn registration_creates_the_profile_in_users_even_if_users_starts_later() 
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let reg_cfg = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("registry", json!({"listen": "127.0.0.1:0"}));
     let registry = registry::build(Context::new("registry", reg_cfg).unwrap())
@@ -493,6 +495,7 @@ async fn registration_creates_the_profile_in_users_even_if_users_starts_later() 
     let late_id = reg.body["user_id"].as_str().unwrap().to_owned();
 
     let users_cfg = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", discovery.as_str())
         .merged("users", json!({}));
     let users = users::build(Context::new("users", users_cfg).unwrap())

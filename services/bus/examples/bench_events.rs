@@ -61,6 +61,7 @@ async fn main() {
         .unwrap_or(5000);
     let dir = tempfile::tempdir().unwrap();
     let config = kit::config::Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("log", "warn")
         .merged("bus", serde_json::json!({ "listen": "127.0.0.1:0" }));

@@ -69,7 +69,11 @@ impl Aggregator {
         let (route, upstream) =
             routes::find(&self.gateway.routes, path).ok_or(Failed::Unavailable)?;
         let picked = upstream.endpoints.pick().ok_or(Failed::Unavailable)?;
-        let mut req = http::Request::get(format!("http://{}{path}", picked.instance.addr));
+        let mut req = http::Request::get(format!(
+            "{}://{}{path}",
+            kit::security::mtls::scheme(),
+            picked.instance.addr
+        ));
         if let Some(id) = caller {
             req = req
                 .header(USER_ID, &id.user_id)

@@ -171,6 +171,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     let body_limit = cfg.routes.iter().map(|r| r.body_limit).max().unwrap_or(0);
     let mut service = Service::bind(&ctx, cfg.listen, cfg.admin_listen)
         .await?
+        .edge()
         .response_headers(edge::security_headers(tls.is_some()));
     if let Some(tls) = tls {
         service = service.tls(tls);

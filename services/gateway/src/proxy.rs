@@ -23,6 +23,7 @@ use kit::resilience::deadline;
 use kit::resilience::fallback::StaleCache;
 use kit::resilience::retry::{self, Verdict};
 use kit::resilience::{Policy, Rejected};
+use kit::security::mtls::{self, InternalConnector};
 use kit::telemetry::metrics::RouteLabel;
 use std::sync::Mutex;
 use tokio::time::Instant;
@@ -32,7 +33,7 @@ use crate::routes::{self, Protocol, RouteConfig};
 
 /// The pooled upstream client (request bodies are buffered, so they can be re-sent when
 /// a connection is refused).
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+pub type UpstreamClient = Client<InternalConnector, Full<Bytes>>;
 
 /// Where one route's requests go, and the policies that protect the calls.
 pub struct Upstream {
@@ -86,12 +87,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway over `routes`.
+    /// A gateway over `routes`, reaching services over the process's internal
+    /// transport (mTLS with the gateway's identity).
     pub fn new(routes: Vec<(RouteConfig, Upstream)>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = mtls::connector(http);
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
@@ -460,7 +463,8 @@ impl Call<'_> {
             Err(r) => return Attempt::BreakerOpen(r),
         };
         let addr = picked.instance.addr.as_str();
-        let Ok(uri) = format!("http://{addr}{}", self.path_and_query).parse::<Uri>() else {
+        let Ok(uri) = format!("{}://{addr}{}", mtls::scheme(), self.path_and_query).parse::<Uri>()
+        else {
             return Attempt::Failed;
         };
         let mut out = http::Request::builder()

@@ -32,6 +32,7 @@ async fn setup() -> Setup {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let reg_cfg = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("registry", json!({"listen": "127.0.0.1:0"}));
     let registry = registry::build(Context::new("registry", reg_cfg).unwrap())
@@ -40,7 +41,11 @@ async fn setup() -> Setup {
         .without_registration()
         .spawn();
     let reg = registry.public_addr().to_string();
-    let cfg = || Config::for_tests(dir.path()).merged("discovery", format!("registry://{reg}"));
+    let cfg = || {
+        Config::for_tests(dir.path())
+            .insecure_internal()
+            .merged("discovery", format!("registry://{reg}"))
+    };
     let inventory = inventory::build(Context::new("inventory", cfg()).unwrap())
         .await
         .unwrap()

@@ -75,6 +75,7 @@ async fn start_with(jwks: Jwks, extra: Value) -> Edge {
         gateway[k] = v.clone();
     }
     let cfg = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", format!("static://echo={echo}"))
         .merged("gateway", gateway);
     let service = gateway::build(Context::new("gateway", cfg).unwrap())
@@ -668,6 +669,7 @@ async fn serves_tls_at_the_edge() {
     );
     // Half a configuration is a start-up error naming the setting.
     let cfg = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("gateway", json!({"listen": "127.0.0.1:0", "tls_cert": c}));
     let err = gateway::build(Context::new("gateway", cfg).unwrap())

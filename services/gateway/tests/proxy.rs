@@ -11,7 +11,7 @@ use kit::service::Context;
 use serde_json::{Value, json};
 
 fn config(dir: &std::path::Path) -> Config {
-    Config::for_tests(dir)
+    Config::for_tests(dir).insecure_internal()
 }
 
 async fn spawn(service: kit::service::Service) -> SocketAddr {

@@ -37,6 +37,7 @@ async fn spawn_flaky(label: &'static str, failing: Arc<AtomicBool>) -> SocketAdd
 
 async fn gateway(dir: &std::path::Path, discovery: String, routes: serde_json::Value) -> String {
     let cfg = Config::for_tests(dir)
+        .insecure_internal()
         .merged("discovery", discovery)
         .merged(
             "gateway",

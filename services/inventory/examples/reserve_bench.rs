@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         section["store"] = store.into();
     }
     let config = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("inventory", section);
     let service = inventory::build(Context::new("inventory", config)?).await?;

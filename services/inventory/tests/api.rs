@@ -19,6 +19,7 @@ async fn spawn_inventory() -> TestApp {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("inventory", json!({"seed": true}));
     let ctx = Context::new("inventory", config).unwrap();

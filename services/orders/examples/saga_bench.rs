@@ -28,6 +28,7 @@ async fn main() {
         Context::new(
             "registry",
             Config::for_tests(dir.path())
+                .insecure_internal()
                 .merged("discovery", "static://")
                 .merged("registry", json!({"listen": "127.0.0.1:0"})),
         )
@@ -39,6 +40,7 @@ async fn main() {
     .spawn();
     let cfg = || {
         Config::for_tests(dir.path())
+            .insecure_internal()
             .merged("discovery", format!("registry://{}", reg.public_addr()))
             .merged("log", "warn")
     };

@@ -20,6 +20,7 @@ use kit::discovery::{Discovery, Picked};
 use kit::resilience::fallback::{FallbackLayer, StaleCache};
 use kit::resilience::stack::BoxError;
 use kit::resilience::{ClientStack, Policy, ResilienceConfig};
+use kit::security::mtls::{self, InternalConnector};
 use proto::channel::ResilientChannel;
 use proto::inventory::inventory_client::InventoryClient;
 use proto::payments::payments_client::PaymentsClient;
@@ -51,7 +52,7 @@ pub struct Clients {
     channels: Arc<Mutex<HashMap<String, ResilientChannel>>>,
     inventory: Policy,
     payments: Policy,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<InternalConnector, Full<Bytes>>,
     prices: Arc<StaleCache<String, Option<Price>>>,
     timeout: Duration,
 }
@@ -76,7 +77,7 @@ impl Clients {
             channels: Arc::default(),
             inventory: Policy::new("inventory", resilience),
             payments: Policy::new("payments", resilience),
-            http: HttpClient::builder(TokioExecutor::new()).build(connector),
+            http: HttpClient::builder(TokioExecutor::new()).build(mtls::connector(connector)),
             prices: StaleCache::new(10_000, PRICE_FALLBACK_MAX_AGE),
             timeout,
         }
@@ -137,14 +138,13 @@ impl Clients {
         if let Some(c) = channels.get(&addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = Endpoint::from_shared(format!("{}://{addr}", mtls::scheme()))
             .map_err(|e| Unavailable {
                 service,
                 detail: e.to_string(),
             })?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(proto::channel::connector());
         // Every inventory and payments method is idempotent (by order id, payment id
         // or idempotency key), so the stack may retry any of them.
         let stack = ClientStack::new(self.policy(service), self.timeout)
@@ -180,7 +180,8 @@ impl Clients {
         let picked = self.pick("inventory").await?;
         let stack = ClientStack::new(&self.inventory, self.timeout).instance(&picked.instance.id);
         let req = http::Request::get(format!(
-            "http://{}/api/products/{sku}",
+            "{}://{}/api/products/{sku}",
+            mtls::scheme(),
             picked.instance.addr
         ))
         .header(kit::resilience::fault::CALLER_HEADER, CALLER)

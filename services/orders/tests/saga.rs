@@ -36,7 +36,9 @@ struct System {
 }
 
 fn config(dir: &std::path::Path, registry: &str) -> Config {
-    Config::for_tests(dir).merged("discovery", format!("registry://{registry}"))
+    Config::for_tests(dir)
+        .insecure_internal()
+        .merged("discovery", format!("registry://{registry}"))
 }
 
 async fn start_inventory(dir: &std::path::Path, registry: &str, opts: &Opts) -> Running {
@@ -68,6 +70,7 @@ impl System {
         kit::telemetry::init_for_tests();
         let dir = tempfile::tempdir().unwrap();
         let reg_cfg = Config::for_tests(dir.path())
+            .insecure_internal()
             .merged("discovery", "static://")
             .merged("registry", json!({"listen": "127.0.0.1:0"}));
         let registry = registry::build(Context::new("registry", reg_cfg).unwrap())

@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         section["store"] = store.into();
     }
     let config = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("payments", section);
     let service = payments::build(Context::new("payments", config)?).await?;

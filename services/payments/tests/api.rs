@@ -21,6 +21,7 @@ async fn spawn_payments() -> TestApp {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("payments", json!({}));
     let ctx = Context::new("payments", config).unwrap();

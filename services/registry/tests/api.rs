@@ -16,7 +16,7 @@ struct TestRegistry {
 }
 
 async fn spawn_registry_in(dir: tempfile::TempDir) -> TestRegistry {
-    let config = Config::for_tests(dir.path()).merged(
+    let config = Config::for_tests(dir.path()).insecure_internal().merged(
         "registry",
         json!({"listen": "127.0.0.1:0", "reap_interval": "50ms"}),
     );

@@ -24,6 +24,7 @@ async fn spawn_users(store: Option<&str>) -> TestApp {
         None => json!({}),
     };
     let config = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("users", section);
     let service = users::build(Context::new("users", config).unwrap())

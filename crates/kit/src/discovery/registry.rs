@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::{BoxFuture, DiscoveryError, Instance, Resolver, Snapshot};
 use crate::config::ConfigError;
+use crate::security::mtls::{self, InternalTransport};
 
 /// How long a watch waits at the registry before answering "no change".
 pub const WATCH_WAIT: Duration = Duration::from_secs(20);
@@ -57,11 +58,22 @@ fn backend_err(base: &str, e: impl std::fmt::Display) -> DiscoveryError {
 }
 
 impl RegistryClient {
-    /// A client for `registry://host:port` (or `http://host:port`).
+    /// A client for `registry://host:port` (or `http(s)://host:port`) over the
+    /// process's internal transport ([`mtls::process`]).
     pub fn from_url(url: &str, setting: &str) -> Result<Self, ConfigError> {
+        Self::from_url_with(url, setting, &mtls::process())
+    }
+
+    /// A client for `registry://host:port` over `transport`.
+    pub fn from_url_with(
+        url: &str,
+        setting: &str,
+        transport: &InternalTransport,
+    ) -> Result<Self, ConfigError> {
         let rest = url
             .strip_prefix("registry://")
             .or_else(|| url.strip_prefix("http://"))
+            .or_else(|| url.strip_prefix("https://"))
             .ok_or_else(|| ConfigError::UnknownScheme {
                 setting: setting.to_owned(),
                 url: url.to_owned(),
@@ -74,17 +86,25 @@ impl RegistryClient {
                 message: format!("{url:?} must be registry://host:port"),
             });
         }
-        Ok(Self::new(format!("http://{host}")))
+        Ok(Self::with_transport(
+            format!("{}://{host}", transport.scheme()),
+            transport,
+        ))
     }
 
-    /// A client for the registry at `base` (`http://127.0.0.1:8082`).
+    /// A client for the registry at `base` (`https://127.0.0.1:8082`) over the
+    /// process's internal transport.
     pub fn new(base: String) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_transport(base, &mtls::process())
+    }
+
+    fn with_transport(base: String, transport: &InternalTransport) -> Self {
+        let http = transport
+            .reqwest_builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(WATCH_WAIT + Duration::from_secs(10))
-            .no_proxy()
             .build()
-            .expect("a plain HTTP client builds");
+            .expect("an HTTP client from loaded TLS material builds");
         Self { base, http }
     }
 

@@ -504,11 +504,12 @@ impl JwksLocation {
                 path,
             });
         }
-        if s.starts_with("http://") && s.parse::<http::Uri>().is_ok() {
+        if (s.starts_with("http://") || s.starts_with("https://")) && s.parse::<http::Uri>().is_ok()
+        {
             return Ok(Self::Url(s.to_owned()));
         }
         Err(format!(
-            "{s:?} is not `service://<name>[/path]` or an `http://` URL"
+            "{s:?} is not `service://<name>[/path]` or an `http(s)://` URL"
         ))
     }
 }
@@ -584,10 +585,11 @@ impl JwksCache {
     }
 
     fn with_source(source: Source, floor: Duration, max_age: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        // A key set from a service comes over the internal transport (mTLS).
+        let http = crate::security::mtls::reqwest_builder()
             .connect_timeout(Duration::from_secs(1))
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+            .https_only(false)
             .build()
             .unwrap_or_default();
         Self {
@@ -676,7 +678,11 @@ impl JwksCache {
                 let picked = endpoints
                     .pick()
                     .ok_or_else(|| JwksError::NoInstance(endpoints.service().to_owned()))?;
-                format!("http://{}{path}", picked.instance.addr)
+                format!(
+                    "{}://{}{path}",
+                    crate::security::mtls::scheme(),
+                    picked.instance.addr
+                )
             }
         };
         self.fetches.fetch_add(1, Ordering::Relaxed);

@@ -6,10 +6,12 @@
 //! check ownership and roles themselves (a user gets `404` for another user's objects).
 //!
 //! [`jwt`] verifies the access tokens themselves (EdDSA against the issuer's JWKS), for
-//! the gateway or any service that sees tokens; [`tls`] loads certificates for TLS
-//! listeners.
+//! the gateway or any service that sees tokens; [`tls`] loads certificates for the
+//! public (edge) TLS listener; [`mtls`] is service-to-service mutual TLS, service
+//! identity and the call policy.
 
 pub mod jwt;
+pub mod mtls;
 pub mod tls;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};

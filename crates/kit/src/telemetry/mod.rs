@@ -44,6 +44,8 @@ pub fn init<W>(cfg: &TelemetryConfig, sink: W) -> Telemetry
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    // The OTLP exporter builds an HTTP client, whose TLS needs the provider.
+    crate::security::mtls::install_crypto_provider();
     metrics::install_recorder();
     let provider = trace::provider(cfg);
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, cfg.service.clone());
@@ -68,8 +70,10 @@ where
 }
 
 /// Sets up telemetry once per test process: spans and metrics work as in production,
-/// logs are discarded unless `FLOTILLA_TEST_LOG=1` sends them to stderr.
+/// logs are discarded unless `FLOTILLA_TEST_LOG=1` sends them to stderr. Also makes
+/// ring the TLS provider, so tests' own HTTP clients build.
 pub fn init_for_tests() {
+    crate::security::mtls::install_crypto_provider();
     static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
         let cfg = TelemetryConfig {

@@ -50,6 +50,8 @@ impl BusProcess {
     async fn spawn(&mut self) {
         let child = Command::new(env!("CARGO_BIN_EXE_flotilla-bus"))
             .env("FLOTILLA_DISCOVERY", "static://")
+            // These tests are about the log, not the transport.
+            .env("FLOTILLA_INSECURE_INTERNAL", "1")
             .env("FLOTILLA_DATA_DIR", self.dir.path())
             .env("FLOTILLA_LOG", "warn")
             .env("FLOTILLA_BUS__LISTEN", format!("127.0.0.1:{}", self.port))

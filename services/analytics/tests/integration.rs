@@ -22,6 +22,7 @@ async fn start_bus() -> TestBus {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("bus", json!({"listen": "127.0.0.1:0"}));
     let service = bus::build(Context::new("bus", config).unwrap())
@@ -45,6 +46,7 @@ struct App {
 
 async fn start_analytics(bus: &TestBus, data: &std::path::Path) -> App {
     let config = Config::for_tests(data)
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("analytics", json!({"generation_check": "100ms"}));
     let service = analytics::build_with_bus(

@@ -38,6 +38,7 @@ async fn start_bus() -> TestBus {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path())
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("bus", json!({"listen": "127.0.0.1:0"}));
     let service = bus::build(Context::new("bus", config).unwrap())
@@ -75,6 +76,7 @@ async fn start_notifications(bus: &TestBus, data: &Path, section: Value) -> App 
         cfg[k] = v.clone();
     }
     let config = Config::for_tests(data)
+        .insecure_internal()
         .merged("discovery", "static://")
         .merged("notifications", cfg);
     let service = notifications::build_with_bus(

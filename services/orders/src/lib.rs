@@ -32,7 +32,7 @@ pub struct OrdersConfig {
     /// Admin listener (`FLOTILLA_ORDERS__ADMIN_LISTEN`).
     pub admin_listen: SocketAddr,
     /// Store URL (`FLOTILLA_ORDERS__STORE`): `sqlite://…` (default
-    /// `<data dir>/orders/orders.db`).
+    /// `<data dir>/orders/orders.db`) or `postgres://user:pass@host:5432/orders`.
     pub store: Option<String>,
     /// Event bus URL (`FLOTILLA_ORDERS__BUS`): `bus://host:port` or `nats://host:port`;
     /// unset, the system-wide `FLOTILLA_BUS`, else the embedded bus's default address.
@@ -116,7 +116,10 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
             .await
             .map_err(|e| StartError::Other(e.to_string()))?
     };
-    let relay = Relay::new(store.pool().clone(), bus, RelayConfig::default());
+    let relay = match store.pool() {
+        store::Pool::Sqlite(pool) => Relay::new(pool, bus, RelayConfig::default()),
+        store::Pool::Postgres(pool) => Relay::new(pool, bus, RelayConfig::default()),
+    };
     store.set_relay_notifier(relay.notifier());
     relay.spawn();
 

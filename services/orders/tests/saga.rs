@@ -22,6 +22,8 @@ struct Opts {
     reservation_ttl: Option<&'static str>,
     /// Payments' provider latency.
     provider_latency: Option<&'static str>,
+    /// Orders' store URL (default: SQLite in the test's directory).
+    orders_store: Option<String>,
 }
 
 struct System {
@@ -81,16 +83,17 @@ impl System {
         let reg = registry.public_addr().to_string();
         let inventory = start_inventory(dir.path(), &reg, &opts).await;
         let payments = start_payments(dir.path(), &reg, &opts).await;
-        let orders_cfg = config(dir.path(), &reg).merged(
-            "orders",
-            json!({
-                "bus": "bus://127.0.0.1:9",
-                "step_deadline": "2s",
-                "call_timeout": "3s",
-                "min_backoff": "20ms",
-                "max_backoff": "200ms",
-            }),
-        );
+        let mut section = json!({
+            "bus": "bus://127.0.0.1:9",
+            "step_deadline": "2s",
+            "call_timeout": "3s",
+            "min_backoff": "20ms",
+            "max_backoff": "200ms",
+        });
+        if let Some(url) = &opts.orders_store {
+            section["store"] = json!(url);
+        }
+        let orders_cfg = config(dir.path(), &reg).merged("orders", section);
         let orders = orders::build(Context::new("orders", orders_cfg).unwrap())
             .await
             .unwrap()
@@ -341,6 +344,54 @@ async fn a_good_order_is_confirmed_captured_and_priced_by_inventory() {
 }
 
 #[tokio::test]
+async fn the_saga_runs_the_same_with_orders_on_postgresql() {
+    let Some(db) =
+        kit::store::testing::TestDatabase::create(kit::store::testing::Server::Postgres).await
+    else {
+        return;
+    };
+    let sys = System::start(Opts {
+        orders_store: Some(db.url.clone()),
+        ..Opts::default()
+    })
+    .await;
+    let (status, good) = sys.place("u-1", 3, APPROVE).await;
+    assert_eq!(status, 202, "{good}");
+    let (_, declined) = sys.place("u-1", 2, DECLINE).await;
+    let o = sys.wait_final("u-1", &id(&good)).await;
+    assert_eq!(o["status"], "CONFIRMED", "{o:#}");
+    assert_eq!(statuses(&o), ["done", "done", "done", "done"]);
+    let o = sys.wait_final("u-1", &id(&declined)).await;
+    assert_eq!(o["status"], "CANCELLED", "{o:#}");
+    assert_eq!(
+        statuses(&o),
+        ["compensated", "failed", "pending", "pending"]
+    );
+    assert_eq!(sys.stock().await, (STOCK - 3, 0, 3));
+    assert_eq!(sys.payment(&id(&good)).await.unwrap().0, "captured");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let subjects: Vec<(String,)> = sqlx::query_as("SELECT subject FROM outbox ORDER BY position")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut subjects: Vec<&str> = subjects.iter().map(|(s,)| s.as_str()).collect();
+    subjects.sort_unstable();
+    assert_eq!(
+        subjects,
+        [
+            "orders.cancelled",
+            "orders.confirmed",
+            "orders.created",
+            "orders.created"
+        ],
+        "each order's events in orders' own PostgreSQL outbox"
+    );
+    pool.close().await;
+    drop(sys);
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn out_of_stock_fails_at_reserve_and_cancels_with_nothing_to_undo() {
     let sys = System::start(Opts::default()).await;
     let (_, accepted) = sys.place("u-1", 50, APPROVE).await;
@@ -405,6 +456,7 @@ async fn an_expired_reservation_fails_confirm_and_voids_the_payment() {
     let sys = System::start(Opts {
         reservation_ttl: Some("150ms"),
         provider_latency: Some("400ms"),
+        ..Opts::default()
     })
     .await;
     let (_, accepted) = sys.place("u-1", 4, APPROVE).await;
@@ -432,6 +484,7 @@ async fn compensations_that_fail_transiently_are_retried_until_they_succeed() {
     let mut sys = System::start(Opts {
         reservation_ttl: None,
         provider_latency: Some("600ms"),
+        ..Opts::default()
     })
     .await;
     let (_, accepted) = sys.place("u-1", 5, APPROVE).await;
@@ -478,6 +531,7 @@ async fn payments_restarting_around_the_capture_still_captures_once() {
     let mut sys = System::start(Opts {
         reservation_ttl: None,
         provider_latency: Some("300ms"),
+        ..Opts::default()
     })
     .await;
     let (_, accepted) = sys.place("u-1", 1, APPROVE).await;
@@ -501,6 +555,7 @@ async fn the_customer_cancels_before_confirmation_and_not_after() {
     let sys = System::start(Opts {
         reservation_ttl: None,
         provider_latency: Some("300ms"),
+        ..Opts::default()
     })
     .await;
     let (_, accepted) = sys.place("u-1", 2, APPROVE).await;

@@ -81,6 +81,20 @@ impl Bulkhead {
         }
         result
     }
+
+    /// Runs the call `call` makes in a slot, or fails at once with
+    /// [`CallError::BulkheadFull`]. (It takes a closure rather than a future so the
+    /// call's future is built in place, not moved through every layer.)
+    pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, BoxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BoxError>>,
+    {
+        let _slot = self.enter().await.map_err(|Full| CallError::BulkheadFull {
+            target: self.target.clone(),
+        })?;
+        call().await
+    }
 }
 
 /// Tower layer: calls pass through a [`Bulkhead`]; when it is full they fail at once with
@@ -131,15 +145,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let bulkhead = self.bulkhead.clone();
         let inner = self.inner.clone();
-        Box::pin(async move {
-            let _slot = bulkhead
-                .enter()
-                .await
-                .map_err(|Full| CallError::BulkheadFull {
-                    target: bulkhead.target.clone(),
-                })?;
-            super::stack::ready_call(inner, req).await
-        })
+        Box::pin(async move { bulkhead.run(|| super::stack::ready_call(inner, req)).await })
     }
 }
 

@@ -210,6 +210,39 @@ impl CircuitBreaker {
                 < u64::try_from(self.cfg.open_for.as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Makes the call `call` starts if the breaker admits it (else fails at once with
+    /// [`CallError::BreakerOpen`]) and records its outcome as `classifier` judges it; a
+    /// call that surely never reached the target (a refused connection) is not charged.
+    pub async fn guard<R, F, Fut>(
+        &self,
+        classifier: Classifier,
+        call: F,
+    ) -> Result<http::Response<R>, BoxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<http::Response<R>, BoxError>>,
+    {
+        let permit = self.try_acquire().map_err(|r| CallError::BreakerOpen {
+            target: self.target.clone(),
+            retry_after: r.retry_after,
+        })?;
+        match call().await {
+            Ok(res) => {
+                permit.record(!classifier.is_failure(&res));
+                Ok(res)
+            }
+            Err(e) => {
+                let e = CallError::from_inner(&self.target, e);
+                if CallError::find(&e).is_some_and(CallError::not_sent) {
+                    drop(permit);
+                } else {
+                    permit.failure();
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Asks to make a call. Closed: always admitted. Open: rejected until `open_for`
     /// has passed, then the breaker turns half-open. Half-open: up to
     /// `half_open_probes` calls are admitted at a time.
@@ -496,27 +529,9 @@ where
         let classifier = self.classifier;
         let inner = self.inner.clone();
         Box::pin(async move {
-            let target: Arc<str> = breaker.target.clone();
-            let permit = breaker.try_acquire().map_err(|r| CallError::BreakerOpen {
-                target: target.clone(),
-                retry_after: r.retry_after,
-            })?;
-            let result = super::stack::ready_call(inner, req).await;
-            match result {
-                Ok(res) => {
-                    permit.record(!classifier.is_failure(&res));
-                    Ok(res)
-                }
-                Err(e) => {
-                    let e = CallError::from_inner(&target, e);
-                    if CallError::find(&e).is_some_and(CallError::not_sent) {
-                        drop(permit);
-                    } else {
-                        permit.failure();
-                    }
-                    Err(e)
-                }
-            }
+            breaker
+                .guard(classifier, || super::stack::ready_call(inner, req))
+                .await
         })
     }
 }

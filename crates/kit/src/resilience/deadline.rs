@@ -3,6 +3,7 @@
 //! downstream calls never outlive their caller.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -79,20 +80,67 @@ pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// `x-flotilla-deadline-ms`, and `grpc-timeout` for gRPC requests (so any gRPC server,
 /// ours or not, sees the deadline).
 pub fn stamp(headers: &mut HeaderMap, deadline: Instant) {
-    set_header(headers, deadline);
+    stamp_left(headers, deadline.saturating_duration_since(Instant::now()));
+}
+
+/// [`stamp`] for a budget of `left` from now.
+fn stamp_left(headers: &mut HeaderMap, left: Duration) {
+    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    headers.insert(DEADLINE_HEADER, HeaderValue::from(ms));
     let is_grpc = headers
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if is_grpc {
-        let ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(99_999_999);
-        if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999))) {
             headers.insert(GRPC_TIMEOUT, v);
         }
     }
+}
+
+/// Runs `call` on `req` within `budget`: the budget is written into the request's
+/// headers ([`stamp`]) and the call fails with [`CallError::TimedOut`] when it runs
+/// out. An answer ready at the first poll needs no timer.
+pub async fn bounded<B, R, F, Fut>(
+    target: &Arc<str>,
+    budget: Duration,
+    mut req: http::Request<B>,
+    call: F,
+) -> Result<R, BoxError>
+where
+    F: FnOnce(http::Request<B>) -> Fut,
+    Fut: std::future::Future<Output = Result<R, BoxError>>,
+{
+    let timed_out = || -> BoxError {
+        Box::new(CallError::TimedOut {
+            target: target.clone(),
+            after: budget,
+        })
+    };
+    if budget.is_zero() {
+        return Err(timed_out());
+    }
+    let at = Instant::now() + budget;
+    stamp_left(req.headers_mut(), budget);
+    let mut call = std::pin::pin!(call(req));
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            // The timer lives on the heap and only for calls that wait: it keeps the
+            // future small for the calls that do not.
+            let mut timer = Box::pin(tokio::time::sleep_until(at));
+            let raced = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            match raced {
+                Some(r) => r,
+                None => return Err(timed_out()),
+            }
+        }
+    };
+    result.map_err(|e| CallError::from_inner(target, e))
 }
 
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (`H M S m u n`).
@@ -175,6 +223,7 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send,
     B: Send + 'static,
+    R: Send + 'static,
 {
     type Response = http::Response<R>;
     type Error = BoxError;
@@ -182,25 +231,15 @@ where
 
     super::stack::always_ready!();
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let budget = budget(self.timeout);
-        let at = Instant::now() + budget;
         let target = self.target.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
-            let timed_out = || CallError::TimedOut {
-                target: target.clone(),
-                after: budget,
-            };
-            if budget.is_zero() {
-                return Err(timed_out().into());
-            }
-            stamp(req.headers_mut(), at);
-            let call = async { super::stack::ready_call(inner, req).await };
-            match tokio::time::timeout_at(at, call).await {
-                Ok(r) => r.map_err(|e| CallError::from_inner(&target, e)),
-                Err(_) => Err(timed_out().into()),
-            }
+            bounded(&target, budget, req, |req| {
+                super::stack::ready_call(inner, req)
+            })
+            .await
         })
     }
 }

@@ -194,6 +194,54 @@ impl<B> RetryLayer<B> {
     }
 }
 
+impl<B> RetryLayer<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    /// Sends `req` through `attempt` until an answer is final (see [`Retry::run`]).
+    /// The body is buffered once, unless retries are off or it is empty, so each
+    /// attempt can carry it.
+    pub async fn send<R, F, Fut>(
+        &self,
+        req: http::Request<B>,
+        mut attempt: F,
+    ) -> Result<http::Response<R>, BoxError>
+    where
+        F: FnMut(http::Request<B>) -> Fut,
+        Fut: Future<Output = Result<http::Response<R>, BoxError>>,
+    {
+        if self.retry.cfg.max_attempts <= 1 {
+            return attempt(req).await;
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            http_body_util::BodyExt::collect(body)
+                .await
+                .map_err(Into::into)?
+                .to_bytes()
+        };
+        let safe = self.all_idempotent || is_retry_safe(&parts.method, &parts.headers);
+        let rebuild = self.rebuild;
+        let classifier = self.classifier;
+        self.retry
+            .run(
+                safe,
+                super::deadline::current(),
+                |_| {
+                    attempt(http::Request::from_parts(
+                        parts.clone(),
+                        rebuild(bytes.clone()),
+                    ))
+                },
+                |r| verdict_of(classifier, r),
+            )
+            .await
+    }
+}
+
 impl<S, B> tower::Layer<S> for RetryLayer<B> {
     type Service = RetryService<S, B>;
 
@@ -254,23 +302,8 @@ where
         let inner = self.inner.clone();
         let layer = self.layer.clone();
         Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let bytes = http_body_util::BodyExt::collect(body)
-                .await
-                .map_err(Into::into)?
-                .to_bytes();
-            let safe = layer.all_idempotent || is_retry_safe(&parts.method, &parts.headers);
-            let deadline = super::deadline::current();
-            let rebuild = layer.rebuild;
-            let attempt = move |_| {
-                let req = http::Request::from_parts(parts.clone(), rebuild(bytes.clone()));
-                let svc = inner.clone();
-                async move { super::stack::ready_call(svc, req).await }
-            };
-            let classifier = layer.classifier;
             layer
-                .retry
-                .run(safe, deadline, attempt, |r| verdict_of(classifier, r))
+                .send(req, move |req| super::stack::ready_call(inner.clone(), req))
                 .await
         })
     }

@@ -19,17 +19,17 @@
 //! The layers work on `http::Request`/`http::Response`, so one stack serves HTTP and
 //! gRPC clients alike; a [`Classifier`] says which answers count as failures. Each layer
 //! is usable alone (`CircuitBreakerLayer`, `BulkheadLayer`, `DeadlineLayer`,
-//! `RetryLayer`, `FallbackLayer`). Their errors are [`CallError`]s, boxed as tower
-//! errors are.
+//! `RetryLayer`, `FallbackLayer`); [`ClientService`] runs the same code of each, nested
+//! in one future. Their errors are [`CallError`]s, boxed as tower errors are.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
 
-use super::bulkhead::BulkheadLayer;
-use super::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
-use super::deadline::DeadlineLayer;
+use super::bulkhead::Bulkhead;
+use super::circuit_breaker::CircuitBreaker;
+use super::deadline;
 use super::retry::RetryLayer;
 use super::{Policy, State};
 
@@ -237,26 +237,88 @@ impl ClientStack {
     /// Wraps `transport`. `rebuild` makes a request body from buffered bytes, so the
     /// retry layer can send a request again (`tonic::body::Body::new`,
     /// `http_body_util::Full::new`, …).
-    pub fn layer<S, B>(
-        &self,
-        transport: S,
-        rebuild: fn(bytes::Bytes) -> B,
-    ) -> BulkheadService<RetryService<CircuitBreakerService<DeadlineService<S>>, B>> {
-        tower::ServiceBuilder::new()
-            .layer(BulkheadLayer::new(self.policy.bulkhead.clone()))
-            .layer(
-                RetryLayer::new(self.policy.retry.clone(), self.classifier, rebuild)
+    pub fn layer<S, B>(&self, transport: S, rebuild: fn(bytes::Bytes) -> B) -> ClientService<S, B> {
+        ClientService {
+            inner: transport,
+            layers: Arc::new(Layers {
+                bulkhead: self.policy.bulkhead.clone(),
+                retry: RetryLayer::new(self.policy.retry.clone(), self.classifier, rebuild)
                     .all_idempotent(self.idempotent),
-            )
-            .layer(CircuitBreakerLayer::new(
-                self.breaker.clone(),
-                self.classifier,
-            ))
-            .layer(DeadlineLayer::new(
-                self.policy.breaker.target(),
-                self.timeout,
-            ))
-            .service(transport)
+                breaker: self.breaker.clone(),
+                classifier: self.classifier,
+                target: Arc::from(self.policy.breaker.target()),
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+/// The layers of a [`ClientService`], shared by its clones.
+#[derive(Debug)]
+struct Layers<B> {
+    bulkhead: Bulkhead,
+    retry: RetryLayer<B>,
+    breaker: Arc<CircuitBreaker>,
+    classifier: Classifier,
+    target: Arc<str>,
+    timeout: Duration,
+}
+
+/// The standard stack around a transport `S` (see the module docs for the order).
+///
+/// It runs the same code as the layers stacked one by one ([`Bulkhead::run`],
+/// [`RetryLayer::send`], [`CircuitBreaker::guard`], [`deadline::bounded`]), nested in
+/// one future: one allocation per call instead of one per layer and attempt.
+#[derive(Debug)]
+pub struct ClientService<S, B> {
+    inner: S,
+    layers: Arc<Layers<B>>,
+}
+
+impl<S: Clone, B> Clone for ClientService<S, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layers: self.layers.clone(),
+        }
+    }
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for ClientService<S, B>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    R: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    always_ready!();
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let layers = self.layers.clone();
+        let fut = async move {
+            let l = &*layers;
+            let attempt = move |req| {
+                let svc = inner.clone();
+                async move {
+                    let budget = deadline::budget(l.timeout);
+                    let call = |req| ready_call(svc, req);
+                    l.breaker
+                        .guard(l.classifier, || {
+                            deadline::bounded(&l.target, budget, req, call)
+                        })
+                        .await
+                }
+            };
+            l.bulkhead.run(|| l.retry.send(req, attempt)).await
+        };
+        Box::pin(fut)
     }
 }
 

@@ -330,3 +330,140 @@ async fn per_instance_breakers_cut_off_one_instance_only() {
             .any(|b| b.target == "stack-instances/i-1" && b.state == State::Open)
     );
 }
+
+/// The standard order assembled from the standalone layers, as someone who wants only
+/// some of them would stack them.
+fn stacked(
+    stack: &ClientStack,
+    t: Transport,
+) -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<Full<Bytes>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
++ use<> {
+    use crate::resilience::bulkhead::BulkheadLayer;
+    use crate::resilience::circuit_breaker::CircuitBreakerLayer;
+    use crate::resilience::deadline::DeadlineLayer;
+    tower::ServiceBuilder::new()
+        .layer(BulkheadLayer::new(stack.policy.bulkhead.clone()))
+        .layer(
+            RetryLayer::new(stack.policy.retry.clone(), stack.classifier, Full::new)
+                .all_idempotent(stack.idempotent),
+        )
+        .layer(CircuitBreakerLayer::new(
+            stack.breaker.clone(),
+            stack.classifier,
+        ))
+        .layer(DeadlineLayer::new(
+            stack.policy.breaker.target(),
+            stack.timeout,
+        ))
+        .service(t)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_standalone_layers_stacked_by_hand_behave_as_the_stack() {
+    let t = Transport::new(Answer::Status(503));
+    let p = policy("stacked-open", BreakerConfig::default(), no_retries());
+    let mut svc = stacked(&ClientStack::new(&p, Duration::from_secs(1)), t.clone());
+    for _ in 0..5 {
+        assert_eq!(send(&mut svc, get()).await.unwrap(), 503);
+    }
+    let e = send(&mut svc, get()).await.unwrap_err();
+    assert!(
+        matches!(CallError::find(&e), Some(CallError::BreakerOpen { .. })),
+        "{e}"
+    );
+    assert_eq!(t.calls(), 5, "the open breaker answers without the network");
+
+    let t = Transport::new(Answer::Status(503));
+    let p = policy(
+        "stacked-retry",
+        BreakerConfig {
+            failure_threshold: 0,
+            ..Default::default()
+        },
+        RetryConfig {
+            max_attempts: 3,
+            budget_min_per_sec: 100,
+            ..Default::default()
+        },
+    );
+    let mut svc = stacked(&ClientStack::new(&p, Duration::from_secs(10)), t.clone());
+    send(&mut svc, post("{\"a\":1}", None)).await.unwrap();
+    assert_eq!(
+        t.calls(),
+        1,
+        "a POST without an idempotency key is sent once"
+    );
+    send(&mut svc, post("{\"a\":1}", Some("k1"))).await.unwrap();
+    assert_eq!(t.calls(), 4, "with a key it is retried");
+    assert!(
+        t.seen.lock().unwrap()[1..]
+            .iter()
+            .all(|(_, b)| b == "{\"a\":1}"),
+        "same body every time"
+    );
+
+    let t = Transport::new(Answer::Hang);
+    let p = policy("stacked-timeout", BreakerConfig::default(), no_retries());
+    let mut svc = stacked(&ClientStack::new(&p, Duration::from_millis(200)), t.clone());
+    let e = send(&mut svc, get()).await.unwrap_err();
+    assert!(
+        matches!(CallError::find(&e), Some(CallError::TimedOut { .. })),
+        "{e}"
+    );
+    let (headers, _) = t.seen.lock().unwrap()[0].clone();
+    assert_eq!(headers[crate::resilience::deadline::DEADLINE_HEADER], "200");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_ready_at_once_and_one_that_takes_time_both_pass_the_deadline() {
+    // The deadline layer sets no timer for an answer ready at the first poll; one that
+    // is not ready still gets its answer (and its timeout).
+    #[derive(Clone)]
+    struct Slow;
+    impl Service<http::Request<Full<Bytes>>> for Slow {
+        type Response = http::Response<Full<Bytes>>;
+        type Error = BoxError;
+        type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<Full<Bytes>>) -> Self::Future {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Ok(http::Response::new(Full::default()))
+            })
+        }
+    }
+    let p = policy("stack-slow", BreakerConfig::default(), no_retries());
+    let stack = ClientStack::new(&p, Duration::from_millis(200));
+    assert_eq!(
+        send(&mut stack.layer(Slow, Full::new), get())
+            .await
+            .unwrap(),
+        200
+    );
+    let quick = Transport::new(Answer::Status(204));
+    assert_eq!(
+        send(&mut stack.layer(quick, Full::new), get())
+            .await
+            .unwrap(),
+        204
+    );
+    let p = policy("stack-too-slow", BreakerConfig::default(), no_retries());
+    let stack = ClientStack::new(&p, Duration::from_millis(100));
+    let e = send(&mut stack.layer(Slow, Full::new), get())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(CallError::find(&e), Some(CallError::TimedOut { .. })),
+        "{e}"
+    );
+}

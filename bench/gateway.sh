@@ -41,6 +41,10 @@ for v in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_ROUND
     [[ -n ${!v:-} ]] && COMMAND="$v='${!v}' $COMMAND"
 done
 
+# nginx proxies plain HTTP to inventory, so the gateway does too: internal mTLS (the
+# default under `flotilla up`) is switched off for this comparison of proxies.
+export FLOTILLA_INSECURE_INTERNAL=1
+
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 

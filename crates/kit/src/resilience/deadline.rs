@@ -90,10 +90,8 @@ fn stamp_left(headers: &mut HeaderMap, left: Duration) {
     let is_grpc = headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if is_grpc {
-        if let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999))) {
-            headers.insert(GRPC_TIMEOUT, v);
-        }
+    if is_grpc && let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999))) {
+        headers.insert(GRPC_TIMEOUT, v);
     }
 }
 

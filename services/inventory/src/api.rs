@@ -220,10 +220,10 @@ async fn set_stock(
     caller.require_role("admin")?;
     let sku =
         Sku::parse(&sku).map_err(|_| Problem::not_found(format!("no product with SKU {sku:?}")))?;
-    let updated = state
-        .store
-        .set_stock(sku, body.stock)
+    let store = state.store.clone();
+    let updated = kit::store::detached(async move { store.set_stock(sku, body.stock).await })
         .await
+        .map_err(|e| Problem::internal(e.to_string()))?
         .map_err(store_failed)?;
     tracing::info!(sku = %updated.sku, stock = updated.stock, by = %caller.user_id, "stock set");
     Ok(Json(updated.into()))

@@ -84,10 +84,11 @@ impl InventoryGrpc {
         action: Action,
     ) -> Result<Response<pb::Reservation>, Status> {
         check_order_id(&order_id).map_err(status)?;
-        let r = self
-            .store
-            .finish(order_id.clone(), action, now_ms())
+        let store = self.store.clone();
+        let id = order_id.clone();
+        let r = kit::store::detached(async move { store.finish(id, action, now_ms()).await })
             .await
+            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(status)?
             .ok_or_else(|| status(ReservationError::NotFound(order_id)))?;
         Ok(Response::new(to_pb(r)))
@@ -110,11 +111,13 @@ impl Inventory for InventoryGrpc {
         )
         .map_err(status)?;
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 4);
-        let r = self
-            .store
-            .reserve(req.order_id, lines, now_ms().saturating_add(ttl_ms))
-            .await
-            .map_err(status)?;
+        let store = self.store.clone();
+        let expires = now_ms().saturating_add(ttl_ms);
+        let r =
+            kit::store::detached(async move { store.reserve(req.order_id, lines, expires).await })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(status)?;
         Ok(Response::new(to_pb(r)))
     }
 

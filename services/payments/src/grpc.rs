@@ -69,6 +69,25 @@ fn to_pb(p: Payment) -> pb::Payment {
     }
 }
 
+impl PaymentsGrpc {
+    /// Runs `op` on its own task, so a caller that goes away mid-call (a spent deadline,
+    /// a killed saga) cannot leave the ledger's transaction half done.
+    async fn operate(
+        &self,
+        payment_id: String,
+        idempotency_key: String,
+        op: Operation,
+    ) -> Result<Payment, Status> {
+        let payments = self.payments.clone();
+        kit::store::detached(
+            async move { payments.operate(&payment_id, &idempotency_key, op).await },
+        )
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)
+    }
+}
+
 #[tonic::async_trait]
 impl PaymentsApi for PaymentsGrpc {
     async fn authorize(
@@ -86,16 +105,17 @@ impl PaymentsApi for PaymentsGrpc {
             this_month(),
         )
         .map_err(invalid)?;
-        let p = self
-            .payments
-            .authorize(AuthorizeInput {
-                order_id: req.order_id,
-                user_id: req.user_id,
-                amount,
-                card,
-                idempotency_key: req.idempotency_key,
-            })
+        let input = AuthorizeInput {
+            order_id: req.order_id,
+            user_id: req.user_id,
+            amount,
+            card,
+            idempotency_key: req.idempotency_key,
+        };
+        let payments = self.payments.clone();
+        let p = kit::store::detached(async move { payments.authorize(input).await })
             .await
+            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(status)?;
         Ok(Response::new(to_pb(p)))
     }
@@ -106,10 +126,8 @@ impl PaymentsApi for PaymentsGrpc {
     ) -> Result<Response<pb::Payment>, Status> {
         let req = request.into_inner();
         let p = self
-            .payments
-            .operate(&req.payment_id, &req.idempotency_key, Operation::Capture)
-            .await
-            .map_err(status)?;
+            .operate(req.payment_id, req.idempotency_key, Operation::Capture)
+            .await?;
         Ok(Response::new(to_pb(p)))
     }
 
@@ -119,10 +137,8 @@ impl PaymentsApi for PaymentsGrpc {
     ) -> Result<Response<pb::Payment>, Status> {
         let req = request.into_inner();
         let p = self
-            .payments
-            .operate(&req.payment_id, &req.idempotency_key, Operation::Void)
-            .await
-            .map_err(status)?;
+            .operate(req.payment_id, req.idempotency_key, Operation::Void)
+            .await?;
         Ok(Response::new(to_pb(p)))
     }
 
@@ -133,14 +149,12 @@ impl PaymentsApi for PaymentsGrpc {
         let req = request.into_inner();
         let amount = Money::parse(req.amount_cents, &req.currency).map_err(invalid)?;
         let p = self
-            .payments
             .operate(
-                &req.payment_id,
-                &req.idempotency_key,
+                req.payment_id,
+                req.idempotency_key,
                 Operation::Refund(amount),
             )
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(to_pb(p)))
     }
 }

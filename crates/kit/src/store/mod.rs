@@ -46,6 +46,47 @@ pub enum StoreError {
     },
 }
 
+/// Runs a store operation to its end on its own task, whatever becomes of the caller.
+///
+/// A request handler's future is dropped when its client goes away (a cancelled call, a
+/// spent deadline, a killed caller). Dropped in the middle of a transaction, a pooled
+/// connection can go back to the pool still inside it (sqlx marks the transaction only
+/// once `BEGIN` has answered), and every later use of that connection then fails. Write
+/// transactions that a handler starts go through here, so they commit or roll back
+/// whole. The error is the task's: a panic inside the operation, or a runtime shutting
+/// down.
+pub async fn detached<T, F>(operation: F) -> Result<T, tokio::task::JoinError>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(operation).await
+}
+
+#[cfg(test)]
+mod detached_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_operation_finishes_when_its_caller_is_dropped() {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let caller = super::detached(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(10), caller).await;
+        assert!(!done.load(Ordering::SeqCst), "the caller gave up first");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the operation ran to its end anyway"
+        );
+    }
+}
+
 /// The scheme of a store URL (`sqlite`, `redis`, `postgres`…), empty if none.
 pub fn scheme(url: &str) -> &str {
     url.split_once("://").map(|(s, _)| s).unwrap_or("")

@@ -226,16 +226,26 @@ async fn place_order(
         status: 202,
         body: answer.clone(),
     });
-    match app
-        .store
-        .create(&order, &saga, record)
-        .await
-        .map_err(store_failed)?
-    {
+    // Storing the order and starting its saga run on their own task: a client that
+    // hangs up mid-request can neither cut the accepting transaction in half nor leave
+    // an accepted order whose saga never started.
+    let task = app.clone();
+    let id = order.id.clone();
+    let payment = body.payment;
+    let created = kit::store::detached(async move {
+        let created = task.store.create(&order, &saga, record).await?;
+        if created == Created::New {
+            task.cards.put(&id, payment);
+            task.engine.start(&id);
+        }
+        Ok::<_, saga::StoreError>(created)
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))?
+    .map_err(store_failed)?;
+    match created {
         Created::Existing(existing) => Ok(replay(&existing, &hash)),
         Created::New => {
-            app.cards.put(&order.id, body.payment);
-            app.engine.start(&order.id);
             metrics::counter!("orders_placed_total").increment(1);
             Ok((
                 StatusCode::ACCEPTED,

@@ -59,6 +59,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS provider (ring) for every client this process builds, mTLS or not.
+    kit::security::mtls::install_crypto_provider();
     // These talk to the registry and the bus, which only take callers with a
     // certificate from the system's CA.
     if matches!(

@@ -83,6 +83,11 @@ impl System {
     /// Like [`System::start`], with extra environment for every service.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
         kit::security::mtls::install_crypto_provider();
+        // With the insecure switch the internal listeners speak plain HTTP and `up`
+        // issues no certificates.
+        let insecure = env
+            .iter()
+            .any(|&(k, v)| k == "FLOTILLA_INSECURE_INTERNAL" && v == "1");
         let data = tempfile::tempdir().unwrap();
         let (gw, reg, bus) = (free_port(), free_port(), free_port());
         let up = flotilla()
@@ -103,7 +108,10 @@ impl System {
         let mut sys = Self {
             up: Some(up),
             gateway: format!("http://127.0.0.1:{gw}"),
-            registry: format!("https://127.0.0.1:{reg}"),
+            registry: format!(
+                "{}://127.0.0.1:{reg}",
+                if insecure { "http" } else { "https" }
+            ),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -135,8 +143,10 @@ impl System {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        sys.operator = internal_client(sys.data.path(), kit::security::mtls::OPERATOR);
-        sys.as_gateway = internal_client(sys.data.path(), "gateway");
+        if !insecure {
+            sys.operator = internal_client(sys.data.path(), kit::security::mtls::OPERATOR);
+            sys.as_gateway = internal_client(sys.data.path(), "gateway");
+        }
         sys.remember_pids().await;
         sys
     }

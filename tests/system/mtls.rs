@@ -75,3 +75,28 @@ async fn internal_listeners_take_only_certified_callers_the_policy_allows() {
     // And the commands speak as the operator.
     assert!(sys.cli(&["status"]).contains("inventory"));
 }
+
+#[tokio::test]
+async fn the_insecure_switch_runs_the_whole_system_in_plain_text() {
+    // `up` and every service start without certificates (and without panicking for
+    // want of a TLS provider), and the internal listeners answer plain HTTP.
+    let sys = System::start_with(&[("FLOTILLA_INSECURE_INTERNAL", "1")]).await;
+    assert!(!sys.data.path().join("tls").join("ca.key").exists());
+    let res = sys
+        .http
+        .get(format!("{}/v1/services", sys.registry))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let products: Value = sys
+        .http
+        .get(format!("{}/api/products/FLT-BOAT-001", sys.gateway))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(products["sku"], "FLT-BOAT-001");
+}

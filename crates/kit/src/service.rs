@@ -152,6 +152,7 @@ where
     F: FnOnce(Context) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
 {
+    crate::security::mtls::install_crypto_provider();
     let ctx = match Context::new(name, Config::load()) {
         Ok(c) => c,
         Err(e) => {

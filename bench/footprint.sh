@@ -123,7 +123,17 @@ for ((run = 1; run <= RUNS; run++)); do
     TIMES+=("$ms")
 
     sleep "$IDLE"
-    services=$(curl -s --max-time 2 "http://127.0.0.1:$REG/v1/services")
+    # The registry takes only callers with a certificate from the system's CA (mTLS is
+    # on, as `up` runs by default): ask as the operator, unless mTLS was switched off.
+    # Its certificate names a SPIFFE identity, not a host, which curl cannot check by
+    # name (-k); this only reads the instances' pids.
+    if [[ ${FLOTILLA_INSECURE_INTERNAL:-} == 1 ]]; then
+        services=$(curl -s --max-time 2 "http://127.0.0.1:$REG/v1/services")
+    else
+        services=$(curl -sk --max-time 2 \
+            --cert "$DATA/tls/operator.crt" --key "$DATA/tls/operator.key" \
+            "https://127.0.0.1:$REG/v1/services")
+    fi
     mapfile -t rows < <(jq -r '.[] | .name as $n | .instances[] | "\($n) \(.metadata.pid)"' <<<"$services")
     CHILDREN=($(pgrep -P "$UP_PID" || true))
     total=$(rss_kb "$UP_PID")

@@ -404,5 +404,6 @@ if [[ ${BENCH_FOOTPRINT:-1} == 1 ]]; then
     wait 2>/dev/null || true
     PIDS=()
     NGINX_PREFIX=""
-    BENCH_DOC="$DOC" FOOTPRINT_VIA="$COMMAND" BENCH_NO_BUILD=1 bench/footprint.sh
+    # The footprint is of `flotilla up` as users run it: with internal mTLS.
+    env -u FLOTILLA_INSECURE_INTERNAL BENCH_DOC="$DOC" FOOTPRINT_VIA="$COMMAND" BENCH_NO_BUILD=1 bench/footprint.sh
 fi

@@ -14,6 +14,12 @@ pub async fn open(
     super::open_server(url, setting, migrations).await
 }
 
+/// A statement written with `?` placeholders in PostgreSQL's form
+/// ([`numbered_placeholders`]), for stores that run one text on both backends.
+pub fn statement(sql: &str) -> std::borrow::Cow<'_, str> {
+    std::borrow::Cow::Owned(numbered_placeholders(sql))
+}
+
 /// A statement written with `?` placeholders (as SQLite and MariaDB take them) in
 /// PostgreSQL's numbered form: `?` becomes `$1`, `$2`… The statement must not have a
 /// `?` inside a literal.

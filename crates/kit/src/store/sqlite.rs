@@ -85,6 +85,12 @@ pub async fn open(
     Ok(pool)
 }
 
+/// A statement written with `?` placeholders, as SQLite takes it (the counterpart of
+/// [`super::postgres::statement`], for stores that run one text on both).
+pub fn statement(sql: &str) -> Cow<'_, str> {
+    Cow::Borrowed(sql)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,6 @@
 //! committed before, and the event is refused as stale, or waits until this
 //! transaction is done and then drops what it added.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use kit::discovery::BoxFuture;
@@ -41,15 +40,9 @@ static POSTGRES_MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// SQLite takes the statements as written.
-fn sqlite(sql: &str) -> Cow<'_, str> {
-    Cow::Borrowed(sql)
-}
-
-/// PostgreSQL numbers its placeholders (`?` becomes `$1`, `$2`…).
-fn postgres(sql: &str) -> Cow<'_, str> {
-    Cow::Owned(kit::store::postgres::numbered_placeholders(sql))
-}
+// SQLite takes the statements as written; PostgreSQL numbers its placeholders.
+use kit::store::postgres::statement as postgres;
+use kit::store::sqlite::statement as sqlite;
 
 const GENERATION: &str = "SELECT generation FROM projection_state WHERE id = 1";
 

@@ -1,7 +1,6 @@
 //! The SQL backends: SQLite (embedded default) and PostgreSQL (production), from one
 //! implementation written against both.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
@@ -43,15 +42,9 @@ static POSTGRES_MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// SQLite takes the statements as written.
-fn sqlite(sql: &'static str) -> Cow<'static, str> {
-    Cow::Borrowed(sql)
-}
-
-/// PostgreSQL numbers its placeholders (`?` becomes `$1`, `$2`…).
-fn postgres(sql: &'static str) -> Cow<'static, str> {
-    Cow::Owned(kit::store::postgres::numbered_placeholders(sql))
-}
+// SQLite takes the statements as written; PostgreSQL numbers its placeholders.
+use kit::store::postgres::statement as postgres;
+use kit::store::sqlite::statement as sqlite;
 
 #[derive(FromRow)]
 struct AccountRow {

@@ -1,8 +1,6 @@
 //! The SQL backends: SQLite (embedded default) and PostgreSQL (production), from one
 //! implementation written against both (`?` placeholders, numbered for PostgreSQL).
 
-use std::borrow::Cow;
-
 use kit::discovery::BoxFuture;
 use kit::store::{Migration, StoreError};
 
@@ -38,15 +36,9 @@ static POSTGRES_MIGRATIONS: &[Migration] = &[
 const COLUMNS: &str = "id, user_id, event_id, event_type, kind, channel, recipient, subject, \
                        body, message_id, status, created_at";
 
-/// SQLite takes the statements as written.
-fn sqlite(sql: &str) -> Cow<'_, str> {
-    Cow::Borrowed(sql)
-}
-
-/// PostgreSQL numbers its placeholders (`?` becomes `$1`, `$2`…).
-fn postgres(sql: &str) -> Cow<'_, str> {
-    Cow::Owned(kit::store::postgres::numbered_placeholders(sql))
-}
+// SQLite takes the statements as written; PostgreSQL numbers its placeholders.
+use kit::store::postgres::statement as postgres;
+use kit::store::sqlite::statement as sqlite;
 
 macro_rules! notifications {
     ($(#[$doc:meta])* $name:ident, $pool:ty, $open:path, $migrations:ident, $q:path, $handled:path) => {

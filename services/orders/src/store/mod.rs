@@ -116,10 +116,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
-/// SQLite takes the statements as written.
-fn sqlite(sql: &'static str) -> std::borrow::Cow<'static, str> {
-    std::borrow::Cow::Borrowed(sql)
-}
+use kit::store::sqlite::statement as sqlite;
 
 /// PostgreSQL: JSON inputs cast to JSONB, placeholders numbered.
 fn postgres(sql: &'static str) -> std::borrow::Cow<'static, str> {

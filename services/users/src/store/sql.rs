@@ -1,8 +1,6 @@
 //! The SQL backends: SQLite (embedded default) and PostgreSQL (production), from one
 //! implementation written against both.
 
-use std::borrow::Cow;
-
 use kit::discovery::BoxFuture;
 use kit::store::{Migration, StoreError};
 use sqlx::FromRow;
@@ -45,15 +43,9 @@ impl From<Row> for Profile {
 
 const SELECT: &str = "SELECT id, email, name, created_at, updated_at FROM profiles WHERE id = ?";
 
-/// SQLite takes the statements as written.
-fn sqlite(sql: &'static str) -> Cow<'static, str> {
-    Cow::Borrowed(sql)
-}
-
-/// PostgreSQL numbers its placeholders (`?` becomes `$1`, `$2`…).
-fn postgres(sql: &'static str) -> Cow<'static, str> {
-    Cow::Owned(kit::store::postgres::numbered_placeholders(sql))
-}
+// SQLite takes the statements as written; PostgreSQL numbers its placeholders.
+use kit::store::postgres::statement as postgres;
+use kit::store::sqlite::statement as sqlite;
 
 macro_rules! profiles {
     ($(#[$doc:meta])* $name:ident, $pool:ty, $open:path, $migrations:ident, $q:path) => {

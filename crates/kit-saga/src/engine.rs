@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// Failed attempts of a compensation (or of a step without deadline) after which
     /// the saga is flagged stuck.
     pub stuck_after: u32,
+    /// How long an engine that lost a saga to another engine (another instance of the
+    /// service saved it first) waits for that engine's next transition before taking
+    /// the saga over; longer than the longest retry delay plus one step call.
+    pub watch: Duration,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +48,7 @@ impl Default for EngineConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             stuck_after: 10,
+            watch: Duration::from_secs(15),
         }
     }
 }
@@ -66,6 +71,9 @@ pub enum Next {
     RetryIn(Duration),
     /// The saga reached a terminal state.
     Finished(SagaStatus),
+    /// Another engine saved the saga first (its compare-and-set won): that engine
+    /// drives it now, and this one stands back (see [`Engine::start`]).
+    Contended,
 }
 
 /// The answer to [`Engine::cancel`].
@@ -145,7 +153,20 @@ impl Engine {
 
     /// Drives the saga `id` in the background until it is terminal; does nothing if
     /// this engine drives it already.
+    ///
+    /// Several engines over one store (instances of one service) may drive the same
+    /// saga, say after one of them restarted and resumed everything in flight. Saves are
+    /// compare-and-set, so one of them wins each transition; the one that loses stands
+    /// back and watches: it takes the saga over only if no transition happens for
+    /// [`EngineConfig::watch`] (the other engine died), or at once when woken here
+    /// (a cancel). Two engines never keep undoing each other's progress.
     pub fn start(&self, id: &str) {
+        self.spawn(id, false);
+    }
+
+    /// Starts driving `id`; with `stand_back_first`, only after the saga has been quiet
+    /// for [`EngineConfig::watch`] (another engine may be driving it).
+    fn spawn(&self, id: &str, stand_back_first: bool) {
         let notify = {
             let mut active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
             if active.contains_key(id) {
@@ -157,19 +178,53 @@ impl Engine {
         };
         let span =
             tracing::info_span!("saga", saga_id = %id, saga_kind = self.inner.definition.kind);
-        tokio::spawn(self.clone().drive(id.to_owned(), notify).instrument(span));
+        tokio::spawn(
+            self.clone()
+                .drive(id.to_owned(), notify, stand_back_first)
+                .instrument(span),
+        );
         metrics::gauge!("saga_in_flight", "kind" => self.inner.definition.kind).increment(1.0);
     }
 
     /// Starts every saga the store holds in flight (after a crash or a restart);
-    /// returns how many.
+    /// returns how many. A saga with a transition less than [`EngineConfig::watch`]
+    /// ago may be in the hands of a live engine (another instance, or the old one of a
+    /// rollout finishing its work): it is taken over only once it has been quiet that
+    /// long, so a new instance never snatches work from one that is still on it.
     pub async fn resume_all(&self) -> Result<usize, SagaError> {
         let ids = self.inner.store.in_flight().await?;
+        let now = (self.inner.clock)();
+        let watch = i64::try_from(self.inner.config.watch.as_millis()).unwrap_or(i64::MAX);
         for id in &ids {
-            tracing::info!(target: "saga", saga_id = %id, "resuming saga");
-            self.start(id);
+            let fresh = match self.inner.store.load(id).await? {
+                Some(s) => now.saturating_sub(s.updated_ms) < watch,
+                None => continue,
+            };
+            tracing::info!(target: "saga", saga_id = %id, wait_for_quiet = fresh, "resuming saga");
+            self.spawn(id, fresh);
         }
         Ok(ids.len())
+    }
+
+    /// Waits until this engine drives no saga any more, at most `timeout`; whether it
+    /// got there. For a graceful stop: let the sagas in hand reach their end.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self
+                .inner
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if idle {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Asks saga `id` to stop and compensate. Takes effect at the next step boundary;
@@ -221,16 +276,21 @@ impl Engine {
         Ok(saved)
     }
 
-    async fn drive(self, id: String, notify: Arc<Notify>) {
+    async fn drive(self, id: String, notify: Arc<Notify>, stand_back_first: bool) {
         let mut store_failures = 0u32;
-        loop {
+        let mut go = !stand_back_first || self.stand_back(&id, &notify).await;
+        while go {
             match self.advance(&id).await {
                 Ok(Next::Continue) => store_failures = 0,
                 Ok(Next::RetryIn(d)) => {
                     store_failures = 0;
                     let _ = tokio::time::timeout(d, notify.notified()).await;
                 }
-                Ok(Next::Finished(_)) | Err(SagaError::Unknown(_)) => break,
+                Ok(Next::Finished(_)) | Err(SagaError::Unknown(_)) => go = false,
+                Ok(Next::Contended) => {
+                    store_failures = 0;
+                    go = self.stand_back(&id, &notify).await;
+                }
                 Err(e) => {
                     store_failures += 1;
                     let d = self.inner.config.backoff(store_failures);
@@ -247,9 +307,36 @@ impl Engine {
         metrics::gauge!("saga_in_flight", "kind" => self.inner.definition.kind).decrement(1.0);
     }
 
+    /// Waits while another engine drives saga `id`; `true` when this engine should
+    /// drive it (no transition for [`EngineConfig::watch`]: the other engine is gone;
+    /// or a local wake-up, a cancel), `false` when the saga ended or is gone.
+    async fn stand_back(&self, id: &str, notify: &Notify) -> bool {
+        let watch = self.inner.config.watch;
+        loop {
+            let quiet = match self.inner.store.load(id).await {
+                Ok(Some(s)) if s.status.is_terminal() => return false,
+                Ok(None) => return false,
+                Ok(Some(s)) => (self.inner.clock)().saturating_sub(s.updated_ms),
+                // The store is unreachable: the drive loop's backoff handles that.
+                Err(_) => return true,
+            };
+            let quiet = Duration::from_millis(u64::try_from(quiet).unwrap_or(0));
+            if quiet >= watch {
+                tracing::info!(target: "saga", saga_id = %id, quiet = ?quiet, "no transition from the engine driving this saga; taking it over");
+                return true;
+            }
+            if tokio::time::timeout(watch - quiet, notify.notified())
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
     /// Makes one transition of saga `id` (calling at most one action or compensation)
     /// and persists it. A lost compare-and-set (someone else saved first) answers
-    /// [`Next::Continue`]: the next call starts from the stored state. Exposed for tests
+    /// [`Next::Contended`]: the next call starts from the stored state. Exposed for tests
     /// that drive a saga by hand and crash it between transitions.
     pub async fn advance(&self, id: &str) -> Result<Next, SagaError> {
         let s = self.load(id).await?;
@@ -296,7 +383,7 @@ impl Engine {
             attempt,
         };
         if !self.save(&mut s, started).await? {
-            return Ok(Next::Continue);
+            return Ok(Next::Contended);
         }
         let call = Call {
             saga: &s,
@@ -407,12 +494,12 @@ impl Engine {
         }
     }
 
-    /// Saves and answers `next`, or [`Next::Continue`] when the compare-and-set lost.
+    /// Saves and answers `next`, or [`Next::Contended`] when the compare-and-set lost.
     async fn saved(&self, s: &mut SagaState, t: Transition, next: Next) -> Result<Next, SagaError> {
         if self.save(s, t).await? {
             Ok(next)
         } else {
-            Ok(Next::Continue)
+            Ok(Next::Contended)
         }
     }
 }

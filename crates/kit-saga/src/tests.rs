@@ -19,6 +19,8 @@ struct MemStore {
     sagas: Mutex<HashMap<String, SagaState>>,
     saves: AtomicUsize,
     crash_at: Vec<usize>,
+    /// Saves answered "someone else saved first" although nobody did.
+    lose_at: Vec<usize>,
     transitions: Mutex<Vec<Transition>>,
 }
 
@@ -32,6 +34,9 @@ impl SagaStore for MemStore {
             let n = self.saves.fetch_add(1, Ordering::SeqCst);
             if self.crash_at.contains(&n) {
                 return Err(StoreError("crash".into()));
+            }
+            if self.lose_at.contains(&n) {
+                return Ok(false);
             }
             let mut sagas = self.sagas.lock().unwrap();
             let stored = sagas.get(&state.id).map(|s| s.version);
@@ -317,6 +322,150 @@ async fn a_driven_saga_retries_compensations_until_they_succeed_and_is_stuck_mea
         }
     }
     panic!("the saga did not finish");
+}
+
+/// Steps that take a while and always succeed, counting calls.
+#[derive(Default)]
+struct Slow {
+    calls: AtomicUsize,
+}
+
+impl Steps for Slow {
+    fn run<'a>(&'a self, _: Call<'a>) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(json!({}))
+        })
+    }
+
+    fn compensate<'a>(&'a self, _: Call<'a>) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_engines_on_one_saga_finish_it_instead_of_undoing_each_other() {
+    // Two instances of a service both resume the same saga (one restarted while the
+    // other ran). Without standing back, each one's step start voids the other's
+    // result, forever.
+    let store = Arc::new(MemStore::default());
+    let steps = Arc::new(Slow::default());
+    let engines: Vec<Engine> = (0..2)
+        .map(|_| {
+            Engine::new(
+                definition(3, &[false; 3], None),
+                steps.clone(),
+                store.clone(),
+                EngineConfig::default(),
+            )
+        })
+        .collect();
+    let initial = engines[0].new_state("s", json!({}));
+    store.sagas.lock().unwrap().insert("s".into(), initial);
+    for e in &engines {
+        e.start("s");
+    }
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = store.sagas.lock().unwrap()["s"].clone();
+        if s.status.is_terminal() {
+            assert_eq!(s.status, SagaStatus::Completed);
+            // Each step ran at most twice (once per engine), not over and over.
+            assert!(
+                steps.calls.load(Ordering::SeqCst) <= 6,
+                "{} calls",
+                steps.calls.load(Ordering::SeqCst)
+            );
+            return;
+        }
+    }
+    panic!(
+        "the saga did not finish: {} step calls",
+        steps.calls.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_that_stood_back_takes_over_when_the_other_goes_quiet() {
+    let steps = Arc::new(Slow::default());
+    let config = EngineConfig {
+        watch: Duration::from_secs(2),
+        ..EngineConfig::default()
+    };
+    let store = Arc::new(MemStore {
+        lose_at: vec![0],
+        ..MemStore::default()
+    });
+    // The engine's clock follows the test's (paused) time.
+    let t0 = tokio::time::Instant::now();
+    let clock: crate::Clock =
+        Arc::new(move || 1_000_000 + i64::try_from(t0.elapsed().as_millis()).unwrap());
+    let engine = Engine::with_clock(
+        definition(2, &[false; 2], None),
+        steps.clone(),
+        store.clone(),
+        config,
+        clock,
+    );
+    let initial = engine.new_state("s", json!({}));
+    store.sagas.lock().unwrap().insert("s".into(), initial);
+    let began = tokio::time::Instant::now();
+    engine.start("s");
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if store.sagas.lock().unwrap()["s"].status.is_terminal() {
+            // It stood back for one watch period with no transition, then took over.
+            assert!(
+                began.elapsed() >= Duration::from_secs(2),
+                "{:?}",
+                began.elapsed()
+            );
+            assert_eq!(
+                store.sagas.lock().unwrap()["s"].status,
+                SagaStatus::Completed
+            );
+            return;
+        }
+    }
+    panic!("the saga was never taken over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_leaves_a_saga_another_engine_just_moved_and_takes_a_quiet_one_at_once() {
+    let t0 = tokio::time::Instant::now();
+    let clock: crate::Clock =
+        Arc::new(move || 1_000_000 + i64::try_from(t0.elapsed().as_millis()).unwrap());
+    let store = Arc::new(MemStore::default());
+    let steps = Arc::new(Slow::default());
+    let engine = Engine::with_clock(
+        definition(2, &[false; 2], None),
+        steps.clone(),
+        store.clone(),
+        EngineConfig {
+            watch: Duration::from_secs(5),
+            ..EngineConfig::default()
+        },
+        clock,
+    );
+    let mut fresh = engine.new_state("fresh", json!({}));
+    fresh.updated_ms = 1_000_000; // a transition just now
+    let mut quiet = engine.new_state("quiet", json!({}));
+    quiet.updated_ms = 1_000_000 - 60_000; // a minute ago: whoever drove it is gone
+    store.sagas.lock().unwrap().insert("fresh".into(), fresh);
+    store.sagas.lock().unwrap().insert("quiet".into(), quiet);
+    assert_eq!(engine.resume_all().await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = |id: &str| store.sagas.lock().unwrap()[id].status;
+    assert_eq!(status("quiet"), SagaStatus::Completed);
+    assert_eq!(
+        status("fresh"),
+        SagaStatus::Running,
+        "taken from a live engine"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status("fresh"), SagaStatus::Completed, "never taken over");
+    assert!(engine.settle(Duration::from_secs(1)).await);
 }
 
 #[test]

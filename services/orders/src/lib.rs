@@ -72,14 +72,28 @@ impl Default for OrdersConfig {
     }
 }
 
-/// Runs orders until SIGINT/SIGTERM.
+/// Runs orders until SIGINT/SIGTERM, then lets the sagas it drives reach their end
+/// (within the shutdown grace): they hold card details only in this process's memory,
+/// so an instance that is replaced finishes its sagas instead of leaving them to
+/// another instance that could only cancel them.
 pub async fn run(ctx: Context) -> Result<(), StartError> {
-    build(ctx).await?.run_until_stopped().await
+    let grace = ctx.common.shutdown_grace;
+    let (service, engine) = assemble(ctx).await?;
+    service.run_until_stopped().await?;
+    if !engine.settle(grace).await {
+        tracing::warn!(grace = ?grace, "sagas still in flight at exit; another instance resumes them");
+    }
+    Ok(())
 }
 
 /// Opens the store, starts the outbox relay, resumes the sagas in flight, binds the
 /// listeners.
 pub async fn build(ctx: Context) -> Result<Service, StartError> {
+    Ok(assemble(ctx).await?.0)
+}
+
+/// [`build`], keeping a handle on the saga engine.
+async fn assemble(ctx: Context) -> Result<(Service, ::saga::Engine), StartError> {
     let cfg: OrdersConfig = ctx.config.section("orders")?;
     if cfg.idempotency_ttl < Duration::from_secs(24 * 3600) {
         return Err(kit::config::ConfigError::Setting {
@@ -134,6 +148,12 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         ::saga::EngineConfig {
             min_backoff: cfg.min_backoff,
             max_backoff: cfg.max_backoff,
+            // Another instance's engine goes quiet for at most one retry delay plus
+            // one call; silence beyond that means it is gone.
+            watch: cfg
+                .max_backoff
+                .saturating_add(cfg.call_timeout)
+                .saturating_add(std::time::Duration::from_secs(1)),
             ..::saga::EngineConfig::default()
         },
     );
@@ -147,11 +167,11 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     tokio::spawn(purge_answers(store.clone(), cfg.idempotency_ttl));
 
     let ready = store.clone();
-    Ok(Service::bind(&ctx, cfg.listen, cfg.admin_listen)
+    let service = Service::bind(&ctx, cfg.listen, cfg.admin_listen)
         .await?
         .router(api::router(api::AppState {
             store,
-            engine,
+            engine: engine.clone(),
             clients,
             cards,
         }))
@@ -162,7 +182,8 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
                 let s = ready.clone();
                 Box::pin(async move { s.ping().await.map_err(|e| e.to_string()) })
             }),
-        ))
+        );
+    Ok((service, engine))
 }
 
 /// Forgets idempotency answers older than `ttl`, hourly.

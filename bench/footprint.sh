@@ -76,22 +76,7 @@ status_of() {
 }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-update_section() { # name file (same scheme as bench/gateway.sh)
-    local start="<!-- bench:$1:start -->" end="<!-- bench:$1:end -->"
-    mkdir -p "$(dirname "$DOC")"
-    [[ -f $DOC ]] || printf '# Benchmarks\n\nNumbers measured by the scripts in `bench/`, written here by the scripts themselves.\n' >"$DOC"
-    if grep -qF "$start" "$DOC" && grep -qF "$end" "$DOC"; then
-        awk -v s="$start" -v e="$end" -v f="$2" '
-            $0 == s { print; while ((getline line < f) > 0) print line; skip = 1; next }
-            $0 == e { skip = 0 }
-            !skip { print }' "$DOC" >"$DOC.tmp"
-        mv "$DOC.tmp" "$DOC"
-    else
-        { printf '\n%s\n' "$start"; cat "$2"; printf '%s\n' "$end"; } >>"$DOC"
-    fi
-}
 
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     log "building: cargo build --release -p flotilla"

@@ -104,34 +104,7 @@ cpu_ticks() {
     echo "$total"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-# Replaces the section between <!-- bench:$1:start --> and <!-- bench:$1:end --> in $DOC
-# with the contents of file $2 (appends it when the markers are missing).
-update_section() {
-    local name=$1 body=$2 start="<!-- bench:$1:start -->" end="<!-- bench:$1:end -->"
-    mkdir -p "$(dirname "$DOC")"
-    if [[ ! -f $DOC ]]; then
-        cat >"$DOC" <<'EOF'
-# Benchmarks
-
-Numbers measured by the scripts in `bench/` on one machine, written here by the scripts
-themselves (each section is replaced on every run; the machine, kernel, date and exact
-command are recorded in the section). Everything runs on loopback on the same host: the
-load generator, the backends and the proxies share the same cores, so absolute numbers
-are contended and only the ratios measured in the same run compare like with like.
-EOF
-    fi
-    if grep -qF "$start" "$DOC" && grep -qF "$end" "$DOC"; then
-        awk -v s="$start" -v e="$end" -v f="$body" '
-            $0 == s { print; while ((getline line < f) > 0) print line; skip = 1; next }
-            $0 == e { skip = 0 }
-            !skip { print }' "$DOC" >"$DOC.tmp"
-        mv "$DOC.tmp" "$DOC"
-    else
-        { printf '\n%s\n' "$start"; cat "$body"; printf '%s\n' "$end"; } >>"$DOC"
-    fi
-}
 
 # ---------------------------------------------------------------- 1. build and tools
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then

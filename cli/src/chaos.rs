@@ -18,10 +18,13 @@ use crate::status::registry_url;
 /// `flotilla chaos …`
 #[derive(Debug, Subcommand)]
 pub enum Chaos {
-    /// Inject faults into every instance of a service.
+    /// Inject faults into every instance of a service (or of one version of it).
     Fault {
         /// The service.
         service: String,
+        /// Only the instances that registered this version (a canary, say).
+        #[arg(long)]
+        version: Option<String>,
         /// Answer with this status (400–599).
         #[arg(long)]
         abort: Option<u16>,
@@ -130,6 +133,7 @@ async fn run(cmd: Chaos) -> anyhow::Result<()> {
     match cmd {
         Chaos::Fault {
             service,
+            version,
             abort,
             grpc_code,
             delay,
@@ -143,7 +147,22 @@ async fn run(cmd: Chaos) -> anyhow::Result<()> {
                     abort, grpc_code, delay, percent, route, caller, lasting,
                 )?],
             };
-            for (_, i) in instances(Some(&service)).await? {
+            let targets: Vec<_> = instances(Some(&service))
+                .await?
+                .into_iter()
+                .filter(|(_, i)| {
+                    version
+                        .as_deref()
+                        .is_none_or(|v| i.metadata.get("version").map(String::as_str) == Some(v))
+                })
+                .collect();
+            if targets.is_empty() {
+                bail!(
+                    "no instance of {service} has version {}",
+                    version.as_deref().unwrap_or("-")
+                );
+            }
+            for (_, i) in targets {
                 let admin = i
                     .metadata
                     .get("admin_addr")

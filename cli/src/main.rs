@@ -8,8 +8,10 @@ mod analytics;
 mod auth;
 mod bus;
 mod chaos;
+mod scale;
 mod services;
 mod status;
+mod traffic;
 mod up;
 
 use std::path::PathBuf;
@@ -35,7 +37,16 @@ enum Command {
         /// Where stores, logs and snapshots live.
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
+        /// Instances per service at start: `orders=3,inventory=2` (default 1 each).
+        #[arg(long, env = "FLOTILLA_REPLICAS", value_delimiter = ',', value_parser = replicas)]
+        replicas: Vec<(String, usize)>,
     },
+    /// Run a number of instances of one service on a running system.
+    Scale(scale::Scale),
+    /// Replace a service's instances one at a time, or as a canary; `--undo` goes back.
+    Rollout(scale::Rollout),
+    /// Show or set how calls to a service are split over its versions.
+    Traffic(traffic::Traffic),
     /// Show services, instances, addresses, health, uptime and memory.
     Status,
     /// Break things on purpose: inject faults, kill instances.
@@ -65,7 +76,7 @@ fn main() -> ExitCode {
     // certificate from the system's CA.
     if matches!(
         cli.command,
-        Command::Status | Command::Chaos(_) | Command::Bus(_)
+        Command::Status | Command::Chaos(_) | Command::Bus(_) | Command::Traffic(_)
     ) && let Err(e) = install_operator(&kit::config::Config::load())
     {
         eprintln!("flotilla: {e:#}");
@@ -73,13 +84,30 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run { service } => services::run(&service),
-        Command::Up { data_dir } => up::up(data_dir),
+        Command::Up { data_dir, replicas } => up::up(data_dir, replicas),
+        Command::Scale(cmd) => scale::scale(cmd),
+        Command::Rollout(cmd) => scale::rollout(cmd),
+        Command::Traffic(cmd) => traffic::traffic(cmd),
         Command::Status => status::status(),
         Command::Chaos(cmd) => chaos::chaos(cmd),
         Command::Bus(cmd) => bus::bus(cmd),
         Command::Auth(cmd) => auth::auth(cmd),
         Command::Analytics(cmd) => analytics::analytics(cmd),
     }
+}
+
+/// `orders=3` as a service and an instance count.
+fn replicas(text: &str) -> Result<(String, usize), String> {
+    let (name, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected service=count, like orders=3, not {text:?}"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("the count of {name} is not a whole number"))?;
+    if n == 0 {
+        return Err(format!("{name} needs at least one instance"));
+    }
+    Ok((name.to_owned(), n))
 }
 
 /// Makes this process's clients speak as `operator`, the identity `flotilla up` issues

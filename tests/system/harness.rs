@@ -184,11 +184,19 @@ impl System {
         format!("http://{addr}")
     }
 
-    /// Sum of a Prometheus counter over the series whose labels contain `filter`.
+    /// Sum of a Prometheus counter of the first instance of `service` over the series
+    /// whose labels contain `filter`.
     pub async fn counter(&self, service: &str, name: &str, filter: &str) -> f64 {
+        self.counter_at(&self.admin(service).await, name, filter)
+            .await
+    }
+
+    /// Like [`System::counter`], of the instance whose admin listener is `admin`
+    /// (`http://host:port`).
+    pub async fn counter_at(&self, admin: &str, name: &str, filter: &str) -> f64 {
         let text = self
             .http
-            .get(format!("{}/metrics", self.admin(service).await))
+            .get(format!("{admin}/metrics"))
             .send()
             .await
             .unwrap()

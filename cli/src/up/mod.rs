@@ -2,6 +2,16 @@
 //! process, waits for each to be ready, interleaves their logs on the terminal (full
 //! JSON lines go to `<data dir>/logs/<service>.log`), restarts crashed services with
 //! exponential backoff, and stops everything gracefully on Ctrl-C or SIGTERM.
+//!
+//! A service may run as several instances (`up --replicas`, `flotilla scale`), and
+//! instances of one service may run different binaries and versions during a rollout
+//! ([`fleet`]); `flotilla scale`/`rollout` reach the running `up` through its control
+//! socket ([`control`]).
+
+pub mod control;
+pub mod fleet;
+
+pub use control::Request;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -19,7 +29,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::services::NAMES;
 
@@ -37,9 +47,17 @@ pub struct Plan {
     registry: SocketAddr,
     bus: SocketAddr,
     gateway: SocketAddr,
+    /// What every instance runs unless a scale or rollout says otherwise.
+    spec: Spec,
+    /// Instances per service at start (1 unless `--replicas` says otherwise).
+    replicas: HashMap<String, usize>,
 }
 
 impl Plan {
+    fn replicas(&self, name: &str) -> usize {
+        self.replicas.get(name).copied().unwrap_or(1)
+    }
+
     fn discovery(&self) -> String {
         format!("registry://{}", self.registry)
     }
@@ -54,7 +72,7 @@ impl Plan {
 }
 
 /// Runs `flotilla up`.
-pub fn up(data_dir: PathBuf) -> ExitCode {
+pub fn up(data_dir: PathBuf, replicas: Vec<(String, usize)>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -67,7 +85,7 @@ pub fn up(data_dir: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let plan = match plan(data_dir) {
+        let plan = match plan(data_dir, replicas) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("flotilla up: {e:#}");
@@ -84,7 +102,10 @@ pub fn up(data_dir: PathBuf) -> ExitCode {
     })
 }
 
-fn plan(data_dir: PathBuf) -> anyhow::Result<Plan> {
+fn plan(data_dir: PathBuf, replicas: Vec<(String, usize)>) -> anyhow::Result<Plan> {
+    for (name, n) in &replicas {
+        fleet::check_scalable(name, *n)?;
+    }
     std::fs::create_dir_all(data_dir.join("logs"))
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&data_dir)?;
@@ -108,11 +129,17 @@ fn plan(data_dir: PathBuf) -> anyhow::Result<Plan> {
             bail!("cannot listen on {addr} ({setting}): {e}");
         }
     }
+    let binary = std::env::current_exe().context("cannot find the flotilla binary")?;
     Ok(Plan {
         data_dir,
         registry: registry.listen,
         bus: bus.listen,
         gateway: gateway.listen,
+        spec: Spec {
+            binary,
+            version: config.common()?.version,
+        },
+        replicas: replicas.into_iter().collect(),
     })
 }
 
@@ -144,25 +171,71 @@ fn internal_identities(config: &Config) -> anyhow::Result<()> {
     crate::install_operator(config)
 }
 
-/// A running child process of one service.
-struct Proc {
-    pid: u32,
-    started: Instant,
-    restarts: u32,
+/// What an instance runs: which `flotilla` binary, registering which version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Spec {
+    /// The binary (`flotilla run <service>` is what it is asked to do).
+    pub binary: PathBuf,
+    /// The version it registers (`FLOTILLA_VERSION`), what traffic rules route on.
+    pub version: String,
 }
 
-enum Event {
+/// One instance `up` runs: a process of one service, or one waiting to be restarted.
+struct Proc {
+    /// `up`'s own number for it, stable across its restarts.
+    id: u64,
+    service: &'static str,
+    /// 1 for a service's first instance, 2 for its second… (in log file names).
+    ordinal: u32,
+    spec: Spec,
+    /// `None` while it waits to be restarted.
+    pid: Option<u32>,
+    started: Instant,
+    restarts: u32,
+    /// Restarted when it crashes. A new instance a scale or rollout starts is adopted
+    /// once it has been ready; until then a crash gives it up (a version that cannot
+    /// start is not retried forever).
+    adopted: bool,
+    /// Stopping on purpose: told to drain, and these wait for its exit.
+    stopping: Option<Vec<oneshot::Sender<()>>>,
+}
+
+/// An instance as the fleet operations see it.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub id: u64,
+    pub pid: Option<u32>,
+    pub spec: Spec,
+    pub stopping: bool,
+}
+
+pub enum Event {
     Exited {
-        name: &'static str,
+        id: u64,
         pid: u32,
         status: std::process::ExitStatus,
     },
-    Restart(&'static str),
+    Restart(u64),
+    Spawn {
+        service: &'static str,
+        spec: Spec,
+        reply: oneshot::Sender<anyhow::Result<(u64, u32)>>,
+    },
+    Adopt(u64),
+    Stop {
+        id: u64,
+        reply: oneshot::Sender<()>,
+    },
+    List {
+        service: &'static str,
+        reply: oneshot::Sender<Vec<View>>,
+    },
 }
 
 struct Supervisor {
     plan: Plan,
-    procs: HashMap<&'static str, Proc>,
+    procs: Vec<Proc>,
+    next_id: u64,
     events: mpsc::UnboundedSender<Event>,
     inbox: mpsc::UnboundedReceiver<Event>,
     out: Arc<Printer>,
@@ -174,7 +247,8 @@ impl Supervisor {
         let (events, inbox) = mpsc::unbounded_channel();
         Self {
             plan,
-            procs: HashMap::new(),
+            procs: Vec::new(),
+            next_id: 1,
             events,
             inbox,
             out: Arc::new(Printer::new()),
@@ -188,6 +262,8 @@ impl Supervisor {
 
     async fn run(mut self) -> anyhow::Result<ExitCode> {
         let begun = Instant::now();
+        // Bound first, so `flotilla scale` run while `up` starts waits instead of failing.
+        let bound = control::bind(&self.plan.data_dir)?;
         let bars: HashMap<&str, ProgressBar> = NAMES
             .iter()
             .map(|name| {
@@ -209,9 +285,18 @@ impl Supervisor {
             bar.finish_and_clear();
         }
         if let Err(e) = ready {
+            bound.close();
             self.stop_all().await;
             return Err(e);
         }
+        let fleet = fleet::Fleet::new(
+            self.events.clone(),
+            self.registry_client()?,
+            self.http.clone(),
+            self.plan.spec.clone(),
+            self.out.clone(),
+        );
+        let control = bound.serve(fleet);
         self.out.line(&format!(
             "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  registry  {}://{}\n  logs      {}\nPress Ctrl-C to stop.\n",
             begun.elapsed().as_secs_f64(),
@@ -227,6 +312,7 @@ impl Supervisor {
             .live
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let code = self.supervise().await;
+        control.close();
         self.stop_all().await;
         Ok(code)
     }
@@ -238,19 +324,21 @@ impl Supervisor {
     ) -> anyhow::Result<()> {
         for &name in NAMES {
             bars[name].set_message("starting");
-            self.spawn(name)?;
-            let pid = self.procs[name].pid;
-            let waited = if name == "registry" {
-                self.wait_registry().await
-            } else {
-                self.wait_ready(name, pid).await
-            };
-            if let Err(e) = waited {
-                bars[name].abandon_with_message("failed");
-                bail!(
-                    "{name} did not become ready: {e:#}; see {}",
-                    self.log_path(name).display()
-                );
+            for _ in 0..self.plan.replicas(name) {
+                let (id, pid) = self.spawn_new(name, self.plan.spec.clone(), true)?;
+                let waited = if name == "registry" {
+                    self.wait_registry().await
+                } else {
+                    self.wait_ready(name, pid).await
+                };
+                if let Err(e) = waited {
+                    bars[name].abandon_with_message("failed");
+                    bail!(
+                        "{name} did not become ready: {e:#}; see {}",
+                        self.log_path(name, self.proc(id).map_or(1, |p| p.ordinal))
+                            .display()
+                    );
+                }
             }
             bars[name].set_message(format!("ready ({:.2}s)", begun.elapsed().as_secs_f64()));
             self.out.line_if_plain(&format!(
@@ -261,18 +349,71 @@ impl Supervisor {
         Ok(())
     }
 
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.plan.data_dir.join("logs").join(format!("{name}.log"))
+    fn proc(&self, id: u64) -> Option<&Proc> {
+        self.procs.iter().find(|p| p.id == id)
     }
 
-    fn spawn(&mut self, name: &'static str) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find the flotilla binary")?;
-        let mut cmd = Command::new(exe);
+    fn proc_mut(&mut self, id: u64) -> Option<&mut Proc> {
+        self.procs.iter_mut().find(|p| p.id == id)
+    }
+
+    fn log_path(&self, name: &str, ordinal: u32) -> PathBuf {
+        let file = if ordinal <= 1 {
+            format!("{name}.log")
+        } else {
+            format!("{name}-{ordinal}.log")
+        };
+        self.plan.data_dir.join("logs").join(file)
+    }
+
+    /// Starts a new instance of `name` running `spec`.
+    fn spawn_new(
+        &mut self,
+        name: &'static str,
+        spec: Spec,
+        adopted: bool,
+    ) -> anyhow::Result<(u64, u32)> {
+        let ordinal = (1..)
+            .find(|o| {
+                !self
+                    .procs
+                    .iter()
+                    .any(|p| p.service == name && p.ordinal == *o)
+            })
+            .expect("an unused ordinal exists");
+        let id = self.next_id;
+        self.next_id += 1;
+        self.procs.push(Proc {
+            id,
+            service: name,
+            ordinal,
+            spec,
+            pid: None,
+            started: Instant::now(),
+            restarts: 0,
+            adopted,
+            stopping: None,
+        });
+        match self.spawn(id) {
+            Ok(pid) => Ok((id, pid)),
+            Err(e) => {
+                self.procs.retain(|p| p.id != id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the process of instance `id`.
+    fn spawn(&mut self, id: u64) -> anyhow::Result<u32> {
+        let proc = self.proc(id).context("no such instance")?;
+        let (name, ordinal, spec) = (proc.service, proc.ordinal, proc.spec.clone());
+        let mut cmd = Command::new(&spec.binary);
         cmd.arg("run")
             .arg(name)
             .env("FLOTILLA_DATA_DIR", &self.plan.data_dir)
             .env("FLOTILLA_DISCOVERY", self.plan.discovery())
             .env("FLOTILLA_BUS", self.plan.bus_url())
+            .env("FLOTILLA_VERSION", &spec.version)
             .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -280,46 +421,51 @@ impl Supervisor {
             // Its own process group: Ctrl-C reaches only `up`, which stops services in order.
             .process_group(0)
             .kill_on_drop(false);
+        if std::env::var_os("FLOTILLA_DRAIN_DELAY").is_none() {
+            // Long enough for every client to hear of the deregistration (the registry
+            // pushes it at once) before the listener stops taking connections.
+            cmd.env("FLOTILLA_DRAIN_DELAY", "300ms");
+        }
         if name == "inventory" && std::env::var_os("FLOTILLA_INVENTORY__SEED").is_none() {
             cmd.env("FLOTILLA_INVENTORY__SEED", "true");
         }
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
+            .with_context(|| format!("cannot start {name} ({})", spec.binary.display()))?;
         let pid = child.id().context("the child has no pid")?;
+        let path = self.log_path(name, ordinal);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(name))
-            .with_context(|| format!("cannot open {}", self.log_path(name).display()))?;
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         let log = Arc::new(std::sync::Mutex::new(log));
+        let label: Arc<str> = if ordinal <= 1 {
+            Arc::from(name)
+        } else {
+            Arc::from(format!("{name}-{ordinal}"))
+        };
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(pump(name, stdout, log.clone(), self.out.clone()));
+            tokio::spawn(pump(label.clone(), stdout, log.clone(), self.out.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pump(name, stderr, log, self.out.clone()));
+            tokio::spawn(pump(label, stderr, log, self.out.clone()));
         }
         let events = self.events.clone();
         tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
-                let _ = events.send(Event::Exited { name, pid, status });
+                let _ = events.send(Event::Exited { id, pid, status });
             }
         });
-        let restarts = self.procs.get(name).map_or(0, |p| p.restarts);
-        self.procs.insert(
-            name,
-            Proc {
-                pid,
-                started: Instant::now(),
-                restarts,
-            },
-        );
-        Ok(())
+        let proc = self.proc_mut(id).expect("checked above");
+        proc.pid = Some(pid);
+        proc.started = Instant::now();
+        Ok(pid)
     }
 
     async fn wait_registry(&mut self) -> anyhow::Result<()> {
         let client = self.registry_client()?;
-        self.poll_until("registry", || {
+        self.poll_until(|| {
             let client = client.clone();
             async move { client.services().await.is_ok() }
         })
@@ -330,26 +476,9 @@ impl Supervisor {
     async fn wait_ready(&mut self, name: &'static str, pid: u32) -> anyhow::Result<()> {
         let client = self.registry_client()?;
         let http = self.http.clone();
-        self.poll_until(name, || {
+        self.poll_until(|| {
             let (client, http) = (client.clone(), http.clone());
-            async move {
-                let Ok(entry) = client.service(name, None).await else {
-                    return false;
-                };
-                let pid = pid.to_string();
-                let Some(admin) = entry
-                    .instances
-                    .iter()
-                    .find(|i| i.metadata.get("pid") == Some(&pid))
-                    .and_then(|i| i.metadata.get("admin_addr").cloned())
-                else {
-                    return false;
-                };
-                http.get(format!("http://{admin}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
+            async move { fleet::is_ready(&client, &http, name, pid).await }
         })
         .await
     }
@@ -362,8 +491,8 @@ impl Supervisor {
         )?)
     }
 
-    /// Polls `check` until it holds, the service exits, or the timeout passes.
-    async fn poll_until<F, Fut>(&mut self, name: &'static str, mut check: F) -> anyhow::Result<()>
+    /// Polls `check` until it holds, a service exits, or the timeout passes.
+    async fn poll_until<F, Fut>(&mut self, mut check: F) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -377,20 +506,18 @@ impl Supervisor {
             if Instant::now() > deadline {
                 bail!("not ready after {READY_TIMEOUT:?}");
             }
-            if let Ok(Event::Exited {
-                name: n, status, ..
-            }) = self.inbox.try_recv()
-            {
-                self.procs.remove(n);
-                bail!("{n} exited during start-up ({})", describe(status));
+            if let Ok(Event::Exited { id, status, .. }) = self.inbox.try_recv() {
+                let name = self.proc(id).map_or("a service", |p| p.service);
+                self.procs.retain(|p| p.id != id);
+                bail!("{name} exited during start-up ({})", describe(status));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
-            let _ = name;
         }
     }
 
-    /// Restarts what crashes until a stop signal; returns the exit code for `up`.
+    /// Restarts what crashes and carries out the fleet operations' requests until a stop
+    /// signal; returns the exit code for `up`.
     async fn supervise(&mut self) -> ExitCode {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -400,84 +527,179 @@ impl Supervisor {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return ExitCode::SUCCESS,
                 e = self.inbox.recv() => e,
             };
-            match event {
-                Some(Event::Exited { name, pid, status }) => {
-                    if self.procs.get(name).map(|p| p.pid) != Some(pid) {
-                        continue;
-                    }
-                    if status.code() == Some(EX_USAGE) {
-                        self.out.line(&format!(
-                            "{name} stopped: invalid configuration ({}); see {}",
-                            describe(status),
-                            self.log_path(name).display()
-                        ));
-                        self.procs.remove(name);
-                        return ExitCode::from(EX_USAGE as u8);
-                    }
-                    let proc = self.procs.get_mut(name).expect("checked above");
-                    if proc.started.elapsed() > STABLE_AFTER {
-                        proc.restarts = 0;
-                    }
-                    let backoff = backoff(proc.restarts);
-                    proc.restarts += 1;
-                    self.out.line(&format!(
-                        "{name} exited ({}); restarting in {backoff:?} (restart #{})",
-                        describe(status),
-                        proc.restarts
-                    ));
-                    let events = self.events.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(backoff).await;
-                        let _ = events.send(Event::Restart(name));
-                    });
-                }
-                Some(Event::Restart(name)) => {
-                    if let Err(e) = self.spawn(name) {
-                        self.out.line(&format!("cannot restart {name}: {e:#}"));
-                    } else {
-                        self.out
-                            .line(&format!("{name} restarted (pid {})", self.procs[name].pid));
-                    }
-                }
-                None => return ExitCode::FAILURE,
+            let Some(event) = event else {
+                return ExitCode::FAILURE;
+            };
+            if let Some(code) = self.handle(event) {
+                return code;
             }
         }
     }
 
-    /// SIGTERM to every service, gateway first and registry last, each given time to
-    /// drain; whatever is left after [`STOP_TIMEOUT`] is killed.
+    /// Handles one event; `Some` ends `up` with that code.
+    fn handle(&mut self, event: Event) -> Option<ExitCode> {
+        match event {
+            Event::Exited { id, pid, status } => return self.exited(id, pid, status),
+            Event::Restart(id) => {
+                if self
+                    .proc(id)
+                    .is_some_and(|p| p.pid.is_none() && p.stopping.is_none())
+                {
+                    match self.spawn(id) {
+                        Ok(pid) => {
+                            let name = self.proc(id).map_or("?", |p| p.service);
+                            self.out.line(&format!("{name} restarted (pid {pid})"));
+                        }
+                        Err(e) => self.out.line(&format!("cannot restart: {e:#}")),
+                    }
+                }
+            }
+            Event::Spawn {
+                service,
+                spec,
+                reply,
+            } => {
+                let _ = reply.send(self.spawn_new(service, spec, false));
+            }
+            Event::Adopt(id) => {
+                if let Some(p) = self.proc_mut(id) {
+                    p.adopted = true;
+                }
+            }
+            Event::Stop { id, reply } => self.stop_one(id, reply),
+            Event::List { service, reply } => {
+                let views = self
+                    .procs
+                    .iter()
+                    .filter(|p| p.service == service)
+                    .map(|p| View {
+                        id: p.id,
+                        pid: p.pid,
+                        spec: p.spec.clone(),
+                        stopping: p.stopping.is_some(),
+                    })
+                    .collect();
+                let _ = reply.send(views);
+            }
+        }
+        None
+    }
+
+    /// An instance's process ended: done if it was stopped on purpose, else restarted
+    /// with backoff (or given up on, if it never was ready).
+    fn exited(&mut self, id: u64, pid: u32, status: std::process::ExitStatus) -> Option<ExitCode> {
+        let proc = self.proc_mut(id)?;
+        if proc.pid != Some(pid) {
+            return None;
+        }
+        proc.pid = None;
+        let name = proc.service;
+        if let Some(waiters) = proc.stopping.take() {
+            self.procs.retain(|p| p.id != id);
+            for w in waiters {
+                let _ = w.send(());
+            }
+            return None;
+        }
+        if !proc.adopted {
+            self.out.line(&format!(
+                "{name} (new instance, pid {pid}) exited before it was ready ({}); not restarting it",
+                describe(status)
+            ));
+            self.procs.retain(|p| p.id != id);
+            return None;
+        }
+        if status.code() == Some(EX_USAGE) {
+            self.out.line(&format!(
+                "{name} stopped: invalid configuration ({}); see {}",
+                describe(status),
+                self.log_path(name, self.proc(id).map_or(1, |p| p.ordinal))
+                    .display()
+            ));
+            self.procs.retain(|p| p.id != id);
+            return Some(ExitCode::from(EX_USAGE as u8));
+        }
+        let proc = self.proc_mut(id).expect("checked above");
+        if proc.started.elapsed() > STABLE_AFTER {
+            proc.restarts = 0;
+        }
+        let backoff = backoff(proc.restarts);
+        proc.restarts += 1;
+        let restarts = proc.restarts;
+        self.out.line(&format!(
+            "{name} exited ({}); restarting in {backoff:?} (restart #{restarts})",
+            describe(status),
+        ));
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let _ = events.send(Event::Restart(id));
+        });
+        None
+    }
+
+    /// Tells instance `id` to drain and stop (SIGTERM); `reply` hears when it exited.
+    fn stop_one(&mut self, id: u64, reply: oneshot::Sender<()>) {
+        let Some(proc) = self.proc_mut(id) else {
+            let _ = reply.send(());
+            return;
+        };
+        let Some(pid) = proc.pid else {
+            // Waiting for a restart: nothing runs, so nothing to drain.
+            self.procs.retain(|p| p.id != id);
+            let _ = reply.send(());
+            return;
+        };
+        proc.stopping.get_or_insert_with(Vec::new).push(reply);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        // A service that does not stop within its drain is killed.
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP_TIMEOUT).await;
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        });
+    }
+
+    /// SIGTERM to every instance, gateway first, then the business services together,
+    /// then the bus and the registry, each stage given time to drain; whatever is left
+    /// after [`STOP_TIMEOUT`] is killed.
     async fn stop_all(&mut self) {
         self.out.line("stopping Flotilla…");
         let deadline = Instant::now() + STOP_TIMEOUT;
-        for &name in NAMES.iter().rev() {
-            let Some(proc) = self.procs.remove(name) else {
-                continue;
-            };
-            let pid = Pid::from_raw(proc.pid as i32);
-            if kill(pid, Signal::SIGTERM).is_err() {
-                continue;
+        let stages: [&dyn Fn(&str) -> bool; 4] = [
+            &|n| n == "gateway",
+            &|n| !matches!(n, "gateway" | "bus" | "registry"),
+            &|n| n == "bus",
+            &|n| n == "registry",
+        ];
+        for stage in stages {
+            let mut running: Vec<(u64, u32, &'static str)> = self
+                .procs
+                .iter()
+                .filter(|p| stage(p.service))
+                .filter_map(|p| Some((p.id, p.pid?, p.service)))
+                .collect();
+            self.procs.retain(|p| !stage(p.service));
+            running.retain(|&(_, pid, _)| kill(Pid::from_raw(pid as i32), Signal::SIGTERM).is_ok());
+            while !running.is_empty() && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(50), self.inbox.recv()).await {
+                    Ok(Some(Event::Exited { id, pid, .. })) => {
+                        running.retain(|r| (r.0, r.1) != (id, pid));
+                    }
+                    Ok(Some(Event::Stop { reply, .. })) => {
+                        let _ = reply.send(());
+                    }
+                    Ok(None) => break,
+                    _ => {}
+                }
+                running.retain(|&(_, pid, _)| kill(Pid::from_raw(pid as i32), None).is_ok());
             }
-            while Instant::now() < deadline
-                && kill(pid, None).is_ok()
-                && !self.reaped(name, proc.pid).await
-            {}
-            if kill(pid, None).is_ok() && Instant::now() >= deadline {
+            for (_, pid, name) in running {
                 self.out
                     .line(&format!("{name} did not stop in time; killing it"));
-                let _ = kill(pid, Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
         self.out.line("stopped.");
-    }
-
-    /// Waits briefly for `pid` of `name` to be reaped.
-    async fn reaped(&mut self, name: &str, pid: u32) -> bool {
-        match tokio::time::timeout(Duration::from_millis(50), self.inbox.recv()).await {
-            Ok(Some(Event::Exited {
-                name: n, pid: p, ..
-            })) => n == name && p == pid,
-            _ => false,
-        }
     }
 }
 
@@ -534,7 +756,7 @@ fn describe(status: std::process::ExitStatus) -> String {
 
 /// Copies a child's output line by line to its log file and the terminal.
 async fn pump(
-    name: &'static str,
+    name: Arc<str>,
     stream: impl AsyncRead + Unpin,
     log: Arc<std::sync::Mutex<std::fs::File>>,
     out: Arc<Printer>,
@@ -544,7 +766,7 @@ async fn pump(
         if let Ok(mut f) = log.lock() {
             let _ = writeln!(f, "{line}");
         }
-        out.service_line(name, &line);
+        out.service_line(&name, &line);
     }
 }
 
@@ -589,7 +811,8 @@ const PALETTE: [u8; 6] = [36, 35, 33, 32, 34, 91];
 /// Renders one JSON log line for the terminal; the flag says whether it is a warning or
 /// an error (shown even during start-up).
 fn render(name: &str, raw: &str, colour: bool) -> (String, bool) {
-    let idx = NAMES.iter().position(|n| *n == name).unwrap_or(0) % PALETTE.len();
+    let service = name.split('-').next().unwrap_or(name);
+    let idx = NAMES.iter().position(|n| *n == service).unwrap_or(0) % PALETTE.len();
     let prefix = if colour {
         format!("\x1b[{}m{name:>13} |\x1b[0m", PALETTE[idx])
     } else {

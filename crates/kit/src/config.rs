@@ -92,6 +92,11 @@ pub struct Common {
     /// How long a stopping service lets in-flight requests finish (`FLOTILLA_SHUTDOWN_GRACE`).
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// How long a stopping service keeps serving after it deregistered, so every
+    /// client hears of it before the listener closes (`FLOTILLA_DRAIN_DELAY`; `up`
+    /// sets 300 ms, Kubernetes a `preStop` pause does the same).
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
     /// Internal traffic in plain text instead of mTLS (`FLOTILLA_INSECURE_INTERNAL=1`);
     /// for tests and experiments only, warned about at start.
     #[serde(deserialize_with = "flag")]
@@ -108,6 +113,7 @@ impl Default for Common {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             lease_ttl: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
             insecure_internal: false,
         }
     }

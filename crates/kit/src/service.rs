@@ -21,7 +21,8 @@
 //! problems for unknown routes and methods. The admin listener
 //! (loopback by default) serves `/healthz`, `/readyz`, `/metrics`, `/admin/breakers`,
 //! `/admin/faults` and the service's own `/admin/*` routes. Shutdown (SIGINT/SIGTERM) marks the instance not ready,
-//! deregisters it, stops accepting, and lets in-flight requests finish within the grace.
+//! deregisters it, keeps serving for the drain delay (so clients hear of it), stops
+//! accepting, and lets in-flight requests finish within the grace.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -505,6 +506,9 @@ impl Service {
         draining.store(true, Ordering::SeqCst);
         if let Some(r) = registration {
             r.deregister().await;
+            // Clients hear of the deregistration at once (the registry pushes it), but
+            // a request may be on its way already; keep taking them for a moment.
+            tokio::time::sleep(ctx.common.drain_delay).await;
         }
         let _ = stop_tx.send(true);
         let _ = public_task.await;

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kit::Problem;
+use kit::discovery::traffic::RouteHint;
 use kit::discovery::{Endpoints, Picked};
 use kit::resilience::deadline;
 use kit::resilience::fallback::StaleCache;
@@ -444,7 +445,7 @@ impl Call<'_> {
         let policy = &self.upstream.policy;
         let picked = {
             let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
-            let picked = pick_untried(&self.upstream.endpoints, &tried, policy);
+            let picked = pick_untried(&self.upstream.endpoints, &tried, policy, self.parts);
             if let Some(p) = &picked {
                 tried.push(Arc::from(p.instance.id.as_str()));
             }
@@ -530,18 +531,33 @@ fn too_large(route: &RouteConfig) -> Problem {
 
 /// Picks an instance not tried yet for this request and whose own breaker (with
 /// per-instance breakers) is not open, p2c among those; once none is left, any of them.
-fn pick_untried(endpoints: &Endpoints, tried: &[Arc<str>], policy: &Policy) -> Option<Picked> {
+/// The service's traffic rules choose the version first: the version the request's
+/// header names, else by the split, sticky by the authenticated user.
+fn pick_untried(
+    endpoints: &Endpoints,
+    tried: &[Arc<str>],
+    policy: &Policy,
+    parts: &http::request::Parts,
+) -> Option<Picked> {
+    let traffic = endpoints.traffic();
+    let hint = RouteHint {
+        version: traffic
+            .as_deref()
+            .and_then(|t| parts.headers.get(t.header.as_str()))
+            .and_then(|v| v.to_str().ok()),
+        user: parts
+            .extensions
+            .get::<kit::security::Identity>()
+            .map(|i| i.user_id.as_str()),
+    };
     if tried.is_empty() && !policy.breaker.config().per_instance {
-        return endpoints.pick();
+        return endpoints.pick_with(hint);
     }
-    let rest: Vec<_> = endpoints
-        .current()
-        .iter()
-        .filter(|e| !tried.iter().any(|t| **t == *e.instance.id))
-        .filter(|e| !policy.is_open_for(&e.instance.id))
-        .cloned()
-        .collect();
-    kit::discovery::pick_p2c(&rest).or_else(|| endpoints.pick())
+    endpoints
+        .pick_where(hint, |e| {
+            !tried.iter().any(|t| **t == *e.instance.id) && !policy.is_open_for(&e.instance.id)
+        })
+        .or_else(|| endpoints.pick_with(hint))
 }
 
 #[cfg(test)]

@@ -109,13 +109,10 @@ impl Clients {
             endpoints.wait_resolved(Duration::from_secs(2)).await;
         }
         let policy = self.policy(service);
-        let usable: Vec<_> = endpoints
-            .current()
-            .iter()
-            .filter(|e| !policy.is_open_for(&e.instance.id))
-            .cloned()
-            .collect();
-        kit::discovery::pick_p2c(&usable)
+        // Within the version the service's traffic rules choose, skipping instances
+        // whose breaker is open; if that leaves none, any instance.
+        endpoints
+            .pick_where(Default::default(), |e| !policy.is_open_for(&e.instance.id))
             .or_else(|| endpoints.pick())
             .ok_or_else(|| Unavailable {
                 service,

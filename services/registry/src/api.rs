@@ -12,6 +12,7 @@ use axum::{Json as AxJson, Router};
 use garde::Validate;
 use kit::Problem;
 use kit::discovery::registry::{INDEX_HEADER, RegisterRequest};
+use kit::discovery::traffic::TrafficPolicy;
 use kit::extract::{Json, Query};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -29,6 +30,10 @@ pub fn router(state: Arc<State>) -> Router {
         .route(
             "/v1/services/{name}/instances/{id}",
             put(register).delete(deregister),
+        )
+        .route(
+            "/v1/services/{name}/traffic",
+            get(traffic).put(set_traffic).delete(clear_traffic),
         )
         .with_state(state)
 }
@@ -193,4 +198,56 @@ async fn one(
     let entry = state.read(|r| r.service(&name, Instant::now()));
     let index = entry.index.to_string();
     Ok(([(INDEX_HEADER, index)], AxJson(entry)).into_response())
+}
+
+async fn traffic(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    valid_name(&name)?;
+    match state.read(|r| r.traffic(&name).cloned()) {
+        Some(t) => Ok(AxJson(t).into_response()),
+        None => Err(Problem::not_found(format!("{name} has no traffic rules"))),
+    }
+}
+
+async fn set_traffic(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+    Json(body): Json<TrafficBody>,
+) -> Result<Response, Problem> {
+    valid_name(&name)?;
+    let rules = body.0;
+    let changed = state.update(|r| {
+        let changed = r.set_traffic(&name, Some(rules.clone()));
+        (changed, changed)
+    });
+    if changed {
+        tracing::info!(service = %name, split = ?rules.split, sticky = rules.sticky, "traffic rules set");
+    }
+    Ok(AxJson(rules).into_response())
+}
+
+async fn clear_traffic(
+    AxState(state): AxState<Arc<State>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    valid_name(&name)?;
+    let changed = state.update(|r| {
+        let changed = r.set_traffic(&name, None);
+        (changed, changed)
+    });
+    if changed {
+        tracing::info!(service = %name, "traffic rules removed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `PUT /v1/services/{name}/traffic`.
+#[derive(Debug, Deserialize, Validate)]
+#[serde(transparent)]
+struct TrafficBody(#[garde(custom(valid_rules))] TrafficPolicy);
+
+fn valid_rules(rules: &TrafficPolicy, _: &()) -> garde::Result {
+    rules.validate().map_err(garde::Error::new)
 }

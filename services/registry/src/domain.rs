@@ -4,13 +4,15 @@
 //! unhealthy (clients stop sending it traffic) and is removed one more TTL later, so a
 //! briefly stalled instance can come back without churn. Each service has a revision
 //! (`index`) that changes whenever what clients route on changes: membership, address,
-//! health or version. Heartbeats that change nothing else do not wake watchers.
+//! health or version, or its traffic rules. Heartbeats that change nothing else do not
+//! wake watchers.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kit::discovery::Instance;
 use kit::discovery::registry::{RegisterRequest, ServiceEntry};
+use kit::discovery::traffic::TrafficPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -45,6 +47,7 @@ pub struct Registry {
 struct ServiceLeases {
     index: u64,
     instances: BTreeMap<String, Lease>,
+    traffic: Option<TrafficPolicy>,
 }
 
 /// What a snapshot file holds: enough to keep answering after a restart.
@@ -52,6 +55,9 @@ struct ServiceLeases {
 pub struct SnapshotFile {
     /// Per service, instance id → registration.
     pub services: BTreeMap<String, BTreeMap<String, RegisterRequest>>,
+    /// Per service, its traffic rules.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic: BTreeMap<String, TrafficPolicy>,
 }
 
 impl Registry {
@@ -94,6 +100,23 @@ impl Registry {
         changed
     }
 
+    /// Sets (or with `None` removes) the traffic rules of a service. Returns whether
+    /// they changed.
+    pub fn set_traffic(&mut self, service: &str, traffic: Option<TrafficPolicy>) -> bool {
+        let entry = self.services.entry(service.to_owned()).or_default();
+        if entry.traffic == traffic {
+            return false;
+        }
+        entry.traffic = traffic;
+        self.bump(service);
+        true
+    }
+
+    /// The traffic rules of a service, if any.
+    pub fn traffic(&self, service: &str) -> Option<&TrafficPolicy> {
+        self.services.get(service)?.traffic.as_ref()
+    }
+
     /// Removes an instance. Returns whether it existed.
     pub fn deregister(&mut self, service: &str, id: &str) -> bool {
         let removed = self
@@ -125,13 +148,13 @@ impl Registry {
             self.bump(name);
         }
         self.services
-            .retain(|_, s| !s.instances.is_empty() || s.index == 0);
+            .retain(|_, s| !s.instances.is_empty() || s.index == 0 || s.traffic.is_some());
         changed
     }
 
     /// One service as clients see it (an unknown service has no instances, index 0).
     pub fn service(&self, name: &str, now: Instant) -> ServiceEntry {
-        let (index, instances) = match self.services.get(name) {
+        let (index, instances, traffic) = match self.services.get(name) {
             Some(s) => (
                 s.index,
                 s.instances
@@ -143,13 +166,15 @@ impl Registry {
                         metadata: l.metadata.clone(),
                     })
                     .collect(),
+                s.traffic.clone(),
             ),
-            None => (0, Vec::new()),
+            None => (0, Vec::new(), None),
         };
         ServiceEntry {
             name: name.to_owned(),
             instances,
             index,
+            traffic,
         }
     }
 
@@ -190,6 +215,11 @@ impl Registry {
                     (name.clone(), instances)
                 })
                 .collect(),
+            traffic: self
+                .services
+                .iter()
+                .filter_map(|(name, s)| Some((name.clone(), s.traffic.clone()?)))
+                .collect(),
         }
     }
 
@@ -201,6 +231,9 @@ impl Registry {
             for (id, req) in instances {
                 r.register(&service, &id, req, now);
             }
+        }
+        for (service, traffic) in file.traffic {
+            r.set_traffic(&service, Some(traffic));
         }
         r
     }
@@ -279,6 +312,32 @@ mod tests {
         let mut v2 = req("h:1", 1000);
         v2.metadata.insert("version".into(), "2".into());
         assert!(r.register("orders", "a", v2, t1));
+    }
+
+    #[test]
+    fn traffic_rules_wake_watchers_outlive_instances_and_survive_a_restart() {
+        let now = Instant::now();
+        let mut r = Registry::default();
+        r.register("orders", "a", req("127.0.0.1:1", 1000), now);
+        let before = r.index("orders");
+        let rules = TrafficPolicy {
+            split: [("stable".to_owned(), 90), ("canary".to_owned(), 10)].into(),
+            ..TrafficPolicy::default()
+        };
+        assert!(r.set_traffic("orders", Some(rules.clone())));
+        assert!(r.index("orders") > before);
+        assert!(
+            !r.set_traffic("orders", Some(rules.clone())),
+            "no change, no wake-up"
+        );
+        assert_eq!(r.service("orders", now).traffic.as_ref(), Some(&rules));
+        // The instance goes; the rules stay, also across a snapshot.
+        r.expire(now + Duration::from_secs(5), now);
+        assert!(r.service("orders", now).instances.is_empty());
+        let restored = Registry::restore(r.snapshot(), now);
+        assert_eq!(restored.traffic("orders"), Some(&rules));
+        assert!(r.set_traffic("orders", None));
+        assert_eq!(r.service("orders", now).traffic, None);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct RegistryConfig {
     /// How often leases are checked (`FLOTILLA_REGISTRY__REAP_INTERVAL`).
     #[serde(with = "kit::config::duration")]
     pub reap_interval: Duration,
+    /// Traffic rules per service at start (`[registry.traffic.orders] split = {…}`);
+    /// rules set at run time (`flotilla traffic`) and kept in the snapshot win.
+    pub traffic: std::collections::BTreeMap<String, kit::discovery::traffic::TrafficPolicy>,
 }
 
 impl Default for RegistryConfig {
@@ -42,6 +45,7 @@ impl Default for RegistryConfig {
             admin_listen: ([127, 0, 0, 1], 0).into(),
             snapshot: None,
             reap_interval: Duration::from_millis(250),
+            traffic: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -135,7 +139,16 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
             ))
         })?;
     }
-    let state = State::new(load_snapshot(&snapshot));
+    let mut registry = load_snapshot(&snapshot);
+    for (name, rules) in cfg.traffic {
+        rules
+            .validate()
+            .map_err(|e| StartError::Other(format!("setting `[registry.traffic.{name}]`: {e}")))?;
+        if registry.traffic(&name).is_none() {
+            registry.set_traffic(&name, Some(rules));
+        }
+    }
+    let state = State::new(registry);
     spawn_background(state.clone(), snapshot, cfg.reap_interval);
     spawn_self_registration(&ctx, &service, state.clone());
     Ok(service.without_registration().router(api::router(state)))

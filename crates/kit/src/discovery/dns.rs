@@ -182,6 +182,7 @@ impl Resolver for DnsResolver {
                     return Ok(Snapshot {
                         instances,
                         revision,
+                        traffic: None,
                     });
                 }
             }

@@ -4,11 +4,13 @@
 //! [`static_list`], or [`dns`] for Kubernetes headless services). [`Discovery`] keeps
 //! each service's instance set fresh in the background, keeps the last known set when
 //! the backend is unreachable, and balances calls by power of two choices on in-flight
-//! requests. Unhealthy or expired instances are never picked.
+//! requests. Unhealthy or expired instances are never picked. A service's
+//! [`traffic::TrafficPolicy`] (from the registry) narrows a pick to one version first.
 
 pub mod dns;
 pub mod registry;
 pub mod static_list;
+pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::ConfigError;
+use traffic::{RouteHint, TrafficPolicy};
 
 /// A boxed future, as returned by [`Resolver`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,6 +50,8 @@ pub struct Snapshot {
     pub instances: Vec<Instance>,
     /// Changes whenever the set changes; passed back to wait for the next change.
     pub revision: u64,
+    /// How calls are spread over versions, where the backend keeps rules (the registry).
+    pub traffic: Option<TrafficPolicy>,
 }
 
 /// A discovery failure.
@@ -152,8 +157,44 @@ pub fn pick_p2c(endpoints: &[Endpoint]) -> Option<Picked> {
     })
 }
 
-/// The current healthy endpoints of one service; `None` until first resolved.
-type EndpointSet = Option<Arc<[Endpoint]>>;
+/// The healthy endpoints of one service and its traffic rules.
+#[derive(Debug, Clone)]
+struct Routable {
+    endpoints: Arc<[Endpoint]>,
+    traffic: Option<Arc<TrafficPolicy>>,
+}
+
+/// The current state of one service; `None` until first resolved.
+type EndpointSet = Option<Routable>;
+
+/// The version of an endpoint's instance (`metadata.version`), `""` if unknown.
+fn version_of(e: &Endpoint) -> &str {
+    e.instance
+        .metadata
+        .get("version")
+        .map_or("", String::as_str)
+}
+
+/// Picks among `endpoints` that pass `keep`, within the version `traffic` chooses for
+/// `hint` (all versions without rules, or when no chosen version is left).
+fn pick_routed(
+    endpoints: &[Endpoint],
+    traffic: Option<&TrafficPolicy>,
+    hint: RouteHint<'_>,
+    keep: impl Fn(&Endpoint) -> bool,
+) -> Option<Picked> {
+    let version = traffic.and_then(|t| {
+        t.choose(hint, |v| {
+            endpoints.iter().any(|e| version_of(e) == v && keep(e))
+        })
+    });
+    let usable: Vec<Endpoint> = endpoints
+        .iter()
+        .filter(|e| version.is_none_or(|v| version_of(e) == v) && keep(e))
+        .cloned()
+        .collect();
+    pick_p2c(&usable)
+}
 
 /// A live view of one service's healthy instances.
 #[derive(Debug, Clone)]
@@ -170,13 +211,48 @@ impl Endpoints {
 
     /// The healthy endpoints now (empty before the first answer).
     pub fn current(&self) -> Arc<[Endpoint]> {
-        self.rx.borrow().clone().unwrap_or_else(|| Arc::from([]))
+        self.rx
+            .borrow()
+            .as_ref()
+            .map_or_else(|| Arc::from([]), |s| s.endpoints.clone())
     }
 
-    /// Picks an instance by power of two choices; `None` when there is none healthy.
+    /// The service's traffic rules now, if it has any.
+    pub fn traffic(&self) -> Option<Arc<TrafficPolicy>> {
+        self.rx.borrow().as_ref().and_then(|s| s.traffic.clone())
+    }
+
+    /// Picks an instance by power of two choices, within the version the traffic rules
+    /// choose; `None` when there is none healthy.
     pub fn pick(&self) -> Option<Picked> {
+        self.pick_with(RouteHint::default())
+    }
+
+    /// Like [`Endpoints::pick`], routing on what the caller knows of the call (the
+    /// version its header asks for, the user for stickiness).
+    pub fn pick_with(&self, hint: RouteHint<'_>) -> Option<Picked> {
+        self.pick_where(hint, |_| true)
+    }
+
+    /// Like [`Endpoints::pick_with`], only among endpoints that pass `keep` (not yet
+    /// tried, breaker not open…).
+    pub fn pick_where(
+        &self,
+        hint: RouteHint<'_>,
+        keep: impl Fn(&Endpoint) -> bool,
+    ) -> Option<Picked> {
         let set = self.rx.borrow();
-        pick_p2c(set.as_deref().unwrap_or(&[]))
+        let set = set.as_ref()?;
+        match &set.traffic {
+            None => {
+                if set.endpoints.iter().all(&keep) {
+                    pick_p2c(&set.endpoints)
+                } else {
+                    pick_routed(&set.endpoints, None, hint, keep)
+                }
+            }
+            Some(t) => pick_routed(&set.endpoints, Some(t), hint, keep),
+        }
     }
 
     /// Waits up to `timeout` for the first answer from discovery.
@@ -272,8 +348,13 @@ async fn follow(resolver: Arc<dyn Resolver>, service: String, tx: watch::Sender<
                 backoff = Duration::from_millis(200);
                 after = Some(snapshot.revision);
                 tx.send_modify(|set| {
-                    let previous = set.clone().unwrap_or_else(|| Arc::from([]));
-                    *set = Some(endpoints_from(&snapshot, &previous));
+                    let previous = set
+                        .as_ref()
+                        .map_or_else(|| Arc::from([]), |s| s.endpoints.clone());
+                    *set = Some(Routable {
+                        endpoints: endpoints_from(&snapshot, &previous),
+                        traffic: snapshot.traffic.clone().map(Arc::new),
+                    });
                 });
             }
             Err(e) => {
@@ -348,11 +429,53 @@ mod tests {
         let snap = Snapshot {
             instances: vec![(*prev[0].instance).clone(), b],
             revision: 2,
+            traffic: None,
         };
         let next = endpoints_from(&snap, &prev);
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].instance.id, "a");
         assert_eq!(next[0].in_flight(), 3);
+    }
+
+    fn versioned(id: &str, version: &str) -> Endpoint {
+        let e = endpoint(id, 0);
+        let mut i = (*e.instance).clone();
+        i.metadata.insert("version".into(), version.into());
+        Endpoint {
+            instance: Arc::new(i),
+            in_flight: e.in_flight,
+        }
+    }
+
+    #[test]
+    fn routing_narrows_to_the_chosen_version_and_respects_keep() {
+        let set = [
+            versioned("s1", "stable"),
+            versioned("s2", "stable"),
+            versioned("c1", "canary"),
+        ];
+        let rules = TrafficPolicy {
+            split: [("stable".to_owned(), 0), ("canary".to_owned(), 1)].into(),
+            ..TrafficPolicy::default()
+        };
+        for _ in 0..50 {
+            let p = pick_routed(&set, Some(&rules), RouteHint::default(), |_| true).unwrap();
+            assert_eq!(p.instance.id, "c1");
+        }
+        // The canary is excluded (tried already): the rest of the service still serves.
+        let p = pick_routed(&set, Some(&rules), RouteHint::default(), |e| {
+            e.instance.id != "c1"
+        });
+        assert!(p.unwrap().instance.id.starts_with('s'));
+        // A header picks stable although its weight is 0.
+        let hint = RouteHint {
+            version: Some("stable"),
+            user: None,
+        };
+        for _ in 0..50 {
+            let p = pick_routed(&set, Some(&rules), hint, |_| true).unwrap();
+            assert!(p.instance.id.starts_with('s'));
+        }
     }
 
     #[test]

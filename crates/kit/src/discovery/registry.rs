@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::traffic::TrafficPolicy;
 use super::{BoxFuture, DiscoveryError, Instance, Resolver, Snapshot};
 use crate::config::ConfigError;
 use crate::security::mtls::{self, InternalTransport};
@@ -38,9 +39,12 @@ pub struct ServiceEntry {
     pub name: String,
     /// Its instances.
     pub instances: Vec<Instance>,
-    /// Revision of this service's instance set.
+    /// Revision of this service's instance set and traffic rules.
     #[serde(default)]
     pub index: u64,
+    /// Its traffic rules, if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficPolicy>,
 }
 
 /// An HTTP client for the registry's API.
@@ -150,6 +154,38 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Sets the traffic rules of `service` (`None` removes them).
+    pub async fn set_traffic(
+        &self,
+        service: &str,
+        traffic: Option<&TrafficPolicy>,
+    ) -> Result<(), DiscoveryError> {
+        let url = format!("{}/v1/services/{service}/traffic", self.base);
+        let req = match traffic {
+            Some(t) => self.http.put(url).json(t),
+            None => self.http.delete(url),
+        };
+        let res = req
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| backend_err(&self.base, e))?;
+        if !res.status().is_success() {
+            let status = res.status();
+            let detail = res
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|p| p["detail"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(backend_err(
+                &self.base,
+                format!("setting traffic answered {status}: {detail}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every service with its instances.
     pub async fn services(&self) -> Result<Vec<ServiceEntry>, DiscoveryError> {
         let res = self
@@ -214,6 +250,7 @@ impl Resolver for RegistryResolver {
             Ok(Snapshot {
                 instances: entry.instances,
                 revision: entry.index,
+                traffic: entry.traffic,
             })
         })
     }

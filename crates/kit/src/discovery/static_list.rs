@@ -61,6 +61,7 @@ impl Resolver for StaticResolver {
             Ok(Snapshot {
                 instances: self.services.get(service).cloned().unwrap_or_default(),
                 revision: 1,
+                traffic: None,
             })
         })
     }

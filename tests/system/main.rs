@@ -1,6 +1,7 @@
 //! Whole-system tests: start the real `flotilla` binary and talk HTTP to the gateway.
 
 mod chaos;
+mod dns;
 mod harness;
 mod identity;
 mod mtls;

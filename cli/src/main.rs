@@ -8,6 +8,7 @@ mod analytics;
 mod auth;
 mod bus;
 mod chaos;
+mod r#gen;
 mod scale;
 mod services;
 mod status;
@@ -60,6 +61,8 @@ enum Command {
     /// Operate analytics: rebuild its projections by replaying the stream.
     #[command(subcommand)]
     Analytics(analytics::Analytics),
+    /// Write the deployment files: Dockerfiles, compose, Kubernetes, CI workflows.
+    Gen(r#gen::Gen),
     /// Run one service in the foreground (what `up` spawns; what a container runs).
     Run {
         /// The service: one of the names `flotilla status` lists.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Bus(cmd) => bus::bus(cmd),
         Command::Auth(cmd) => auth::auth(cmd),
         Command::Analytics(cmd) => analytics::analytics(cmd),
+        Command::Gen(args) => r#gen::gen_command(args),
     }
 }
 

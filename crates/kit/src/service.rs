@@ -153,6 +153,9 @@ where
     F: FnOnce(Context) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
 {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck(name, &Config::load());
+    }
     crate::security::mtls::install_crypto_provider();
     let ctx = match Context::new(name, Config::load()) {
         Ok(c) => c,
@@ -191,6 +194,66 @@ where
             }
         }
     })
+}
+
+/// `<binary> healthcheck`: asks this service's admin listener (`admin_listen` in its
+/// section, a wildcard address asked on loopback) for `/healthz` and exits `0` on a
+/// `200`, `1` otherwise. It needs no shell or HTTP client in the image, so a container's
+/// `HEALTHCHECK` can run the service's own binary.
+fn healthcheck(name: &str, config: &Config) -> ExitCode {
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct Admin {
+        admin_listen: Option<SocketAddr>,
+    }
+    let setting = env_name(Some(name), "admin_listen");
+    let addr = match config.section::<Admin>(name) {
+        Ok(Admin {
+            admin_listen: Some(a),
+        }) if a.port() != 0 => a,
+        Ok(_) => {
+            eprintln!("{name} healthcheck: set `{setting}` to a fixed port");
+            return ExitCode::from(EX_USAGE as u8);
+        }
+        Err(e) => {
+            eprintln!("{name} healthcheck: {e}");
+            return ExitCode::from(EX_USAGE as u8);
+        }
+    };
+    match probe_healthz(addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name} healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One blocking `GET /healthz` to `addr` (loopback for a wildcard), within 2 s.
+fn probe_healthz(mut addr: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("{addr}: {e}");
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(io)?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).map_err(io)?;
+    match std::str::from_utf8(&head) {
+        Ok(line) if line.starts_with("HTTP/1.") && line.ends_with(" 200") => Ok(()),
+        Ok(line) => Err(format!("{addr}/healthz answered {line:?}")),
+        Err(_) => Err(format!("{addr}/healthz did not answer HTTP")),
+    }
 }
 
 /// A readiness check: `Ok` when the dependency is reachable, `Err(why)` otherwise.
@@ -506,10 +569,11 @@ impl Service {
         draining.store(true, Ordering::SeqCst);
         if let Some(r) = registration {
             r.deregister().await;
-            // Clients hear of the deregistration at once (the registry pushes it), but
-            // a request may be on its way already; keep taking them for a moment.
-            tokio::time::sleep(ctx.common.drain_delay).await;
         }
+        // Clients hear of it (the registry pushes a deregistration at once; DNS and
+        // Kubernetes endpoints follow the failing readiness), but a request may be on
+        // its way already: keep taking them for a moment.
+        tokio::time::sleep(ctx.common.drain_delay).await;
         let _ = stop_tx.send(true);
         let _ = public_task.await;
         let _ = admin_task.await;
@@ -924,6 +988,26 @@ mod tests {
         assert_eq!(e.exit_code(), 64);
         assert!(e.to_string().contains("FLOTILLA_GATEWAY__LISTEN"));
         assert!(e.to_string().contains("8080"));
+    }
+
+    #[test]
+    fn healthcheck_probe_wants_a_200() {
+        fn answering(status: &'static str) -> SocketAddr {
+            use std::io::{Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 256];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(format!("HTTP/1.0 {status}\r\n\r\n").as_bytes());
+            });
+            addr
+        }
+        let ok = answering("200 OK");
+        probe_healthz(SocketAddr::new([0, 0, 0, 0].into(), ok.port())).unwrap();
+        let err = probe_healthz(answering("503 Service Unavailable")).unwrap_err();
+        assert!(err.contains("503"), "{err}");
     }
 
     #[test]

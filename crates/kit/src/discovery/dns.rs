@@ -3,6 +3,10 @@
 //! `dns://[nameserver:port]/?domain=flotilla.svc.cluster.local&port=8080&srv=true&refresh=5s`
 //! resolves service `inventory` as the SRV records of `_http._tcp.inventory.<domain>`
 //! (with `srv=true`) or the A/AAAA records of `inventory.<domain>` on `port`.
+//!
+//! DNS carries no metadata, so where every instance listens on the same ports (as in
+//! the generated Kubernetes manifests) `grpc_port=9090` and `admin_port=9100` give each
+//! resolved address the `grpc_addr` and `admin_addr` that registry entries carry.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -22,6 +26,8 @@ pub struct DnsResolver {
     port: u16,
     srv: bool,
     refresh: Duration,
+    grpc_port: Option<u16>,
+    admin_port: Option<u16>,
 }
 
 impl std::fmt::Debug for DnsResolver {
@@ -48,15 +54,18 @@ impl DnsResolver {
         let server = server.trim_end_matches('/');
         let (mut domain, mut port, mut srv, mut refresh) =
             (String::new(), 8080u16, false, Duration::from_secs(5));
+        let (mut grpc_port, mut admin_port) = (None, None);
+        let port_of = |k: &str, v: &str| {
+            v.parse::<u16>()
+                .map_err(|_| bad(format!("{k}={v:?} is not a port")))
+        };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "domain" => domain = v.trim_matches('.').to_owned(),
-                "port" => {
-                    port = v
-                        .parse()
-                        .map_err(|_| bad(format!("port={v:?} is not a port")))?
-                }
+                "port" => port = port_of(k, v)?,
+                "grpc_port" => grpc_port = Some(port_of(k, v)?),
+                "admin_port" => admin_port = Some(port_of(k, v)?),
                 "srv" => srv = v == "true" || v == "1",
                 "refresh" => {
                     refresh = humantime::parse_duration(v)
@@ -91,6 +100,8 @@ impl DnsResolver {
             port,
             srv,
             refresh,
+            grpc_port,
+            admin_port,
         })
     }
 
@@ -143,15 +154,27 @@ impl DnsResolver {
         }
         addrs.sort();
         addrs.dedup();
-        Ok(addrs
-            .into_iter()
-            .map(|a| Instance {
-                id: a.to_string(),
-                addr: a.to_string(),
-                healthy: true,
-                metadata: Default::default(),
-            })
-            .collect())
+        Ok(addrs.into_iter().map(|a| self.instance_at(a)).collect())
+    }
+
+    fn instance_at(&self, addr: SocketAddr) -> Instance {
+        let mut metadata = std::collections::BTreeMap::new();
+        let ports = [
+            ("grpc_addr", self.grpc_port),
+            ("admin_addr", self.admin_port),
+        ];
+        for (key, port) in ports {
+            if let Some(port) = port {
+                let at = SocketAddr::new(addr.ip(), port);
+                metadata.insert(key.to_owned(), at.to_string());
+            }
+        }
+        Instance {
+            id: addr.to_string(),
+            addr: addr.to_string(),
+            healthy: true,
+            metadata,
+        }
     }
 }
 
@@ -210,6 +233,23 @@ mod tests {
         assert_eq!(s.name_of("orders"), "_http._tcp.orders.ns.svc.");
         assert!(DnsResolver::parse("dns://?port=http", "X").is_err());
         assert!(DnsResolver::parse("dns://?bogus=1", "X").is_err());
+        assert!(DnsResolver::parse("dns://?grpc_port=x", "X").is_err());
+    }
+
+    #[tokio::test]
+    async fn fixed_ports_become_metadata() {
+        let r = DnsResolver::parse("dns://?port=8080&grpc_port=9090&admin_port=9100", "X").unwrap();
+        let i = r.instance_at("10.1.2.3:8080".parse().unwrap());
+        assert_eq!(i.addr, "10.1.2.3:8080");
+        assert_eq!(i.metadata["grpc_addr"], "10.1.2.3:9090");
+        assert_eq!(i.metadata["admin_addr"], "10.1.2.3:9100");
+        let plain = DnsResolver::parse("dns://?port=8080", "X").unwrap();
+        assert!(
+            plain
+                .instance_at("10.1.2.3:8080".parse().unwrap())
+                .metadata
+                .is_empty()
+        );
     }
 
     #[tokio::test]

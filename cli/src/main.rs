@@ -8,6 +8,7 @@ mod analytics;
 mod auth;
 mod bus;
 mod chaos;
+mod load;
 mod services;
 mod status;
 mod up;
@@ -41,6 +42,9 @@ enum Command {
     /// Break things on purpose: inject faults, kill instances.
     #[command(subcommand)]
     Chaos(chaos::Chaos),
+    /// Put the shop under load: open-loop arrivals at a fixed rate through the gateway,
+    /// with latency histograms per endpoint and a report (JSON and an SVG chart).
+    Load(load::Load),
     /// Inspect the event bus: subjects, groups and lag, events, dead letters; replay.
     Bus(bus::Bus),
     /// Operate auth: rotate its signing key.
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Status => status::status(),
         Command::Chaos(cmd) => chaos::chaos(cmd),
         Command::Bus(cmd) => bus::bus(cmd),
+        Command::Load(args) => load::load(args),
         Command::Auth(cmd) => auth::auth(cmd),
         Command::Analytics(cmd) => analytics::analytics(cmd),
     }

@@ -3,6 +3,7 @@
 mod chaos;
 mod harness;
 mod identity;
+mod load;
 mod mtls;
 mod saga;
 mod up;

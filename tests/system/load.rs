@@ -1,0 +1,54 @@
+//! `flotilla load` against a running system: a few seconds at a low rate of every
+//! scenario, then the report it wrote.
+
+use serde_json::Value;
+
+use crate::harness::System;
+
+#[tokio::test]
+async fn load_runs_every_scenario_and_writes_its_report() {
+    let sys = System::start().await;
+    let report = tempfile::tempdir().unwrap();
+    let dir = report.path().to_str().unwrap();
+    let table = sys.cli(&[
+        "load",
+        "--gateway",
+        &sys.gateway,
+        "--rate",
+        "8",
+        "--duration",
+        "4s",
+        "--users",
+        "3",
+        "--scenario",
+        "browse=4,order=3,cancel=1,login=1,register=1,summary=1",
+        "--report",
+        dir,
+    ]);
+    assert!(table.contains("GET /api/products/{sku}"), "{table}");
+
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(report.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["arrivals"], 32, "{json:#}");
+    assert!(json["ok"].as_u64().unwrap() > 0, "{json:#}");
+    assert_eq!(
+        json["errors_by_status"],
+        serde_json::json!({}),
+        "unexpected errors: {json:#}\n{}",
+        sys.logs()
+    );
+    // Requests are counted by route template, not by the raw path.
+    let endpoints: Vec<&str> = json["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap())
+        .collect();
+    assert!(endpoints.contains(&"POST /api/orders"), "{endpoints:?}");
+    assert!(
+        endpoints.iter().all(|e| !e.contains("FLT-")),
+        "{endpoints:?}"
+    );
+    let svg = std::fs::read_to_string(report.path().join("chart.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+}

@@ -41,8 +41,8 @@ pub struct Load {
     /// How long arrivals are issued (`30s`, `2m`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Virtual users registered and logged in before the run; orders, cancels and logins
-    /// act as them, reusing and refreshing their tokens.
+    /// Virtual users registered and logged in before the run; browsing, orders, cancels
+    /// and logins act as them, reusing and refreshing their tokens.
     #[arg(long, default_value_t = 10)]
     users: usize,
     /// One scenario or a weighted mix, e.g. `browse=6,order=3,cancel=1`. Scenarios:
@@ -86,7 +86,7 @@ async fn run(args: Load) -> anyhow::Result<()> {
         .build()?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
 
-    let users = if mix.needs_users() { args.users } else { 0 };
+    let users = if mix.uses_users() { args.users } else { 0 };
     eprintln!("setting up: reading the catalog, registering {users} virtual users…");
     let admin = mix
         .has(Scenario::Summary)

@@ -6,7 +6,9 @@ use std::str::FromStr;
 /// One kind of visit to the shop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scenario {
-    /// List the catalog, then look at one product (anonymous).
+    /// List the catalog, then look at one product: as a signed-in virtual user when
+    /// there are any (so the gateway charges each user's bucket, as it would for
+    /// shoppers on many addresses), else anonymously.
     Browse,
     /// Sign up a new account.
     Register,
@@ -43,9 +45,14 @@ impl Scenario {
         }
     }
 
-    /// Whether it acts as one of the pre-registered virtual users.
+    /// Whether it cannot run without the pre-registered virtual users.
     pub fn needs_users(self) -> bool {
         matches!(self, Scenario::Login | Scenario::Order | Scenario::Cancel)
+    }
+
+    /// Whether it acts as a virtual user when there are any.
+    pub fn uses_users(self) -> bool {
+        self == Scenario::Browse || self.needs_users()
     }
 }
 
@@ -143,9 +150,14 @@ impl Mix {
         self.weights.iter().any(|(c, _)| *c == scenario)
     }
 
-    /// Whether any scenario acts as a virtual user.
+    /// Whether some scenario cannot run without virtual users.
     pub fn needs_users(&self) -> bool {
         self.weights.iter().any(|(c, _)| c.needs_users())
+    }
+
+    /// Whether some scenario acts as a virtual user when there are any.
+    pub fn uses_users(&self) -> bool {
+        self.weights.iter().any(|(c, _)| c.uses_users())
     }
 }
 
@@ -215,7 +227,9 @@ mod tests {
         let mix: Mix = "order".parse().unwrap();
         assert_eq!(counts(&mix), [(Scenario::Order, 1)]);
         assert!(mix.needs_users());
-        assert!(!"browse".parse::<Mix>().unwrap().needs_users());
+        let browse: Mix = "browse".parse().unwrap();
+        assert!(!browse.needs_users() && browse.uses_users());
+        assert!(!"register,summary".parse::<Mix>().unwrap().uses_users());
     }
 
     #[test]

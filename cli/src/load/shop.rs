@@ -348,10 +348,18 @@ impl Shop {
     pub async fn run(&self, scenario: Scenario, due: Instant) {
         match scenario {
             Scenario::Browse => {
+                let token = match self.any_user() {
+                    Some(user) => match self.token(user).await {
+                        Some(t) => Some(t),
+                        None => return,
+                    },
+                    None => None,
+                };
+                let token = token.as_deref();
                 let Some(list) = self
                     .send(
                         "GET /api/products",
-                        self.request(Method::GET, "/api/products?limit=20", None),
+                        self.request(Method::GET, "/api/products?limit=20", token),
                         due,
                         &[200],
                     )
@@ -372,7 +380,7 @@ impl Shop {
                 let path = format!("/api/products/{sku}");
                 self.send(
                     "GET /api/products/{sku}",
-                    self.request(Method::GET, &path, None),
+                    self.request(Method::GET, &path, token),
                     Instant::now(),
                     &[200],
                 )

@@ -1,5 +1,5 @@
 //! `flotilla load` against a running system: a few seconds at a low rate of every
-//! scenario, then the report it wrote.
+//! scenario (after restocking every product), then the report it wrote.
 
 use serde_json::Value;
 
@@ -22,6 +22,8 @@ async fn load_runs_every_scenario_and_writes_its_report() {
         "3",
         "--scenario",
         "browse=4,order=3,cancel=1,login=1,register=1,summary=1",
+        "--stock",
+        "500",
         "--report",
         dir,
     ]);

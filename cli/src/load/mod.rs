@@ -58,7 +58,11 @@ pub struct Load {
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// The data directory of `flotilla up`: the summary scenario logs in with the
+    /// Before the run, the administrator sets every product's stock to this, so orders
+    /// are not refused for want of stock (the seeded catalog has only a few of each).
+    #[arg(long)]
+    stock: Option<u64>,
+    /// The data directory of `flotilla up`: the summary scenario and `--stock` log in with the
     /// administrator's credentials from `<data dir>/admin-credentials.json`.
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
     data_dir: PathBuf,
@@ -88,10 +92,9 @@ async fn run(args: Load) -> anyhow::Result<()> {
 
     let users = if mix.uses_users() { args.users } else { 0 };
     eprintln!("setting up: reading the catalog, registering {users} virtual users…");
-    let admin = mix
-        .has(Scenario::Summary)
+    let admin = (mix.has(Scenario::Summary) || args.stock.is_some())
         .then(|| args.data_dir.join("admin-credentials.json"));
-    let setup = Setup::prepare(&http, &base, &run_id, users, admin.as_deref())
+    let setup = Setup::prepare(&http, &base, &run_id, users, admin.as_deref(), args.stock)
         .await
         .with_context(|| format!("setting up against {base}"))?;
     if (mix.has(Scenario::Order) || mix.has(Scenario::Cancel)) && !setup.has_products() {

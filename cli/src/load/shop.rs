@@ -124,14 +124,16 @@ async fn setup_login(
 }
 
 impl Setup {
-    /// Reads the catalog, registers and logs in `users` accounts (four at a time), and
-    /// logs the administrator in when `admin` names its credentials file.
+    /// Reads the catalog, registers and logs in `users` accounts (four at a time), logs
+    /// the administrator in when `admin` names its credentials file and, with `stock`,
+    /// has the administrator set every product's stock to it.
     pub async fn prepare(
         http: &reqwest::Client,
         base: &str,
         run_id: &str,
         users: usize,
         admin: Option<&Path>,
+        stock: Option<u64>,
     ) -> anyhow::Result<Self> {
         let catalog = setup_call(
             || http.get(format!("{base}/api/products?limit=100")),
@@ -176,24 +178,39 @@ impl Setup {
             Some(path) => {
                 let text = std::fs::read(path).with_context(|| {
                     format!(
-                        "cannot read the administrator's credentials at {} (the summary scenario needs them; pass --data-dir)",
+                        "cannot read the administrator's credentials at {} (the summary scenario and --stock need them; pass --data-dir)",
                         path.display()
                     )
                 })?;
                 let c: Credentials = serde_json::from_slice(&text)
                     .with_context(|| format!("{} is not a credentials file", path.display()))?;
                 let tokens = setup_login(http, base, &c.email, &c.password).await?;
-                Some(tokio::sync::Mutex::new(Session::new(
-                    c.email, c.password, tokens,
-                )))
+                Some(Session::new(c.email, c.password, tokens))
             }
         };
+        if let Some(stock) = stock {
+            let admin = admin
+                .as_ref()
+                .context("setting stock needs the administrator")?;
+            for sku in &skus {
+                setup_call(
+                    || {
+                        http.put(format!("{base}/api/products/{sku}/stock"))
+                            .bearer_auth(&admin.access)
+                            .json(&json!({"stock": stock}))
+                    },
+                    &format!("setting the stock of {sku}"),
+                    StatusCode::OK,
+                )
+                .await?;
+            }
+        }
         Ok(Self {
             users: sessions
                 .into_iter()
                 .map(|(_, s)| tokio::sync::Mutex::new(s))
                 .collect(),
-            admin,
+            admin: admin.map(tokio::sync::Mutex::new),
             skus,
         })
     }

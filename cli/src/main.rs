@@ -12,6 +12,7 @@ mod load;
 mod services;
 mod status;
 mod up;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ enum Command {
     /// Put the shop under load: open-loop arrivals at a fixed rate through the gateway,
     /// with latency histograms per endpoint and a report (JSON and an SVG chart).
     Load(load::Load),
+    /// Check the system's invariants after an experiment: a verdict for each; exits 1 on
+    /// a violation, 2 when some invariant could not be checked.
+    Verify(verify::Verify),
     /// Inspect the event bus: subjects, groups and lag, events, dead letters; replay.
     Bus(bus::Bus),
     /// Operate auth: rotate its signing key.
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
     // certificate from the system's CA.
     if matches!(
         cli.command,
-        Command::Status | Command::Chaos(_) | Command::Bus(_)
+        Command::Status | Command::Chaos(_) | Command::Bus(_) | Command::Verify(_)
     ) && let Err(e) = install_operator(&kit::config::Config::load())
     {
         eprintln!("flotilla: {e:#}");
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Chaos(cmd) => chaos::chaos(cmd),
         Command::Bus(cmd) => bus::bus(cmd),
         Command::Load(args) => load::load(args),
+        Command::Verify(args) => verify::verify(args),
         Command::Auth(cmd) => auth::auth(cmd),
         Command::Analytics(cmd) => analytics::analytics(cmd),
     }

@@ -1,0 +1,572 @@
+//! `flotilla verify`: after an experiment, checks the system's invariants and prints a
+//! verdict for each; exits 1 on any violation, 2 when none was found but some invariant
+//! could not be checked, 0 when every one holds.
+//!
+//! What it reads today is the embedded bus: the event log (every order's, payment's and
+//! dead letter's events, which each service writes through its outbox in the same
+//! transaction as the change) and the consumer groups' positions. The services have no
+//! admin endpoint yet that exposes their own state (orders and their steps, payments,
+//! stock with reservations and sales, each consumer's inbox), so the invariants that need
+//! it are reported as not checked rather than guessed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kit::discovery::registry::RegistryClient;
+use kit_events::embedded::wire::DeliveryLine;
+
+use crate::bus::{GroupInfo, base_url, get};
+use crate::status::registry_url;
+
+/// `flotilla verify …`
+#[derive(Debug, clap::Args)]
+pub struct Verify {
+    /// The bus (`bus://host:port`); by default the one registered in the registry.
+    #[arg(long, env = "FLOTILLA_BUS")]
+    bus: Option<String>,
+    /// How long orders still in flight may take to settle and consumer groups to catch
+    /// up before what is left counts as a violation.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+}
+
+/// One invariant's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It holds; what was checked.
+    Holds(String),
+    /// It does not: one line per offending object.
+    Violated(Vec<String>),
+    /// It could not be checked, and why.
+    NotChecked(String),
+}
+
+/// An invariant with its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub invariant: &'static str,
+    pub verdict: Verdict,
+}
+
+/// What the order and payment events say about one order.
+#[derive(Debug, Default)]
+struct OrderFacts {
+    created: bool,
+    confirmed: BTreeSet<String>,
+    cancelled: BTreeSet<String>,
+}
+
+/// One payment as its latest event left it, and the distinct capture events seen.
+#[derive(Debug, Default)]
+struct PaymentFacts {
+    order_id: String,
+    status: String,
+    amount_cents: i64,
+    refunded_cents: i64,
+    captures: BTreeSet<String>,
+}
+
+/// The orders and payments the event log describes.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    orders: BTreeMap<String, OrderFacts>,
+    payments: BTreeMap<String, PaymentFacts>,
+}
+
+fn text(v: &serde_json::Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}
+
+impl Ledger {
+    /// Takes in events in log order. A redelivered copy (same event id) changes nothing.
+    pub fn add(&mut self, line: &DeliveryLine) {
+        let data = &line.event.data;
+        let id = line.event.id.clone();
+        match line.subject.as_str() {
+            "orders.created" | "orders.confirmed" | "orders.cancelled" => {
+                let order = self.orders.entry(text(data, "orderId")).or_default();
+                match line.subject.as_str() {
+                    "orders.created" => order.created = true,
+                    "orders.confirmed" => _ = order.confirmed.insert(id),
+                    _ => _ = order.cancelled.insert(id),
+                }
+            }
+            s if s.starts_with("payments.") => {
+                let p = self.payments.entry(text(data, "paymentId")).or_default();
+                p.order_id = text(data, "orderId");
+                p.status = text(data, "status");
+                p.amount_cents = data["amount_cents"].as_i64().unwrap_or(0);
+                p.refunded_cents = data["refunded_cents"].as_i64().unwrap_or(0);
+                if s == "payments.captured" {
+                    p.captures.insert(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every accepted order (`orders.created`) ended exactly once: `orders.confirmed` or
+    /// `orders.cancelled`, not both, not twice.
+    pub fn orders_settled(&self) -> Verdict {
+        let mut bad = Vec::new();
+        let (mut confirmed, mut cancelled) = (0, 0);
+        for (id, o) in &self.orders {
+            let ends = o.confirmed.len() + o.cancelled.len();
+            match (o.created, ends) {
+                (false, _) => bad.push(format!("order {id}: ended without orders.created")),
+                (true, 0) => bad.push(format!("order {id}: neither CONFIRMED nor CANCELLED")),
+                (true, 1) if o.confirmed.len() == 1 => confirmed += 1,
+                (true, 1) => cancelled += 1,
+                (true, n) => bad.push(format!(
+                    "order {id}: {n} endings ({} confirmed, {} cancelled)",
+                    o.confirmed.len(),
+                    o.cancelled.len()
+                )),
+            }
+        }
+        if bad.is_empty() {
+            Verdict::Holds(format!(
+                "{} orders: {confirmed} CONFIRMED, {cancelled} CANCELLED",
+                self.orders.len()
+            ))
+        } else {
+            Verdict::Violated(bad)
+        }
+    }
+
+    /// Every confirmed order has exactly one payment captured once; no cancelled order
+    /// has money left captured (captured and not fully refunded).
+    pub fn payments_match(&self) -> Verdict {
+        let mut by_order: BTreeMap<&str, Vec<(&String, &PaymentFacts)>> = BTreeMap::new();
+        for (id, p) in &self.payments {
+            by_order
+                .entry(p.order_id.as_str())
+                .or_default()
+                .push((id, p));
+        }
+        let mut bad = Vec::new();
+        let mut checked = 0;
+        for (id, o) in &self.orders {
+            let payments = by_order.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let held =
+                |p: &PaymentFacts| p.status == "captured" && p.refunded_cents < p.amount_cents;
+            if o.confirmed.len() == 1 && o.cancelled.is_empty() {
+                checked += 1;
+                let captured: Vec<_> = payments.iter().filter(|(_, p)| held(p)).collect();
+                match captured.as_slice() {
+                    [(_, p)] if p.captures.len() == 1 => {}
+                    [(pid, p)] => bad.push(format!(
+                        "confirmed order {id}: payment {pid} captured {} times",
+                        p.captures.len()
+                    )),
+                    [] => bad.push(format!("confirmed order {id}: no captured payment")),
+                    many => bad.push(format!(
+                        "confirmed order {id}: {} captured payments",
+                        many.len()
+                    )),
+                }
+            } else if o.cancelled.len() == 1 && o.confirmed.is_empty() {
+                checked += 1;
+                for (pid, p) in payments.iter().filter(|(_, p)| held(p)) {
+                    bad.push(format!(
+                        "cancelled order {id}: payment {pid} still captured ({} of {} cents refunded)",
+                        p.refunded_cents, p.amount_cents
+                    ));
+                }
+            }
+        }
+        if bad.is_empty() {
+            Verdict::Holds(format!(
+                "{checked} settled orders, {} payments",
+                self.payments.len()
+            ))
+        } else {
+            Verdict::Violated(bad)
+        }
+    }
+}
+
+/// Every consumer group has been delivered every event of its subjects and acked it.
+pub fn groups_caught_up(groups: &[GroupInfo]) -> Verdict {
+    let bad: Vec<_> = groups
+        .iter()
+        .filter(|g| g.lag != 0 || g.pending != 0)
+        .map(|g| format!("group {}: lag {}, pending {}", g.name, g.lag, g.pending))
+        .collect();
+    if bad.is_empty() {
+        Verdict::Holds(format!(
+            "{} groups, every event delivered and acknowledged (that each was applied once is in the consumers' inboxes, which no admin endpoint shows yet)",
+            groups.len()
+        ))
+    } else {
+        Verdict::Violated(bad)
+    }
+}
+
+/// No event was given up on.
+pub fn no_dead_letters(dead: &[DeliveryLine]) -> Verdict {
+    if dead.is_empty() {
+        return Verdict::Holds("none".into());
+    }
+    Verdict::Violated(
+        dead.iter()
+            .map(|d| {
+                format!(
+                    "dead letter {} on {}: event {} ({})",
+                    d.seq, d.subject, d.event.id, d.event.kind
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The invariants no service exposes the state for yet.
+fn not_checked() -> Vec<Finding> {
+    vec![
+        Finding {
+            invariant: "stock is conserved per SKU (available + reserved + sold = initial + restocks)",
+            verdict: Verdict::NotChecked(
+                "inventory has no admin endpoint that shows reserved and sold units or the restocks of a SKU".into(),
+            ),
+        },
+        Finding {
+            invariant: "no reservation outlives its TTL",
+            verdict: Verdict::NotChecked(
+                "inventory has no admin endpoint that lists its reservations".into(),
+            ),
+        },
+    ]
+}
+
+/// The process exit code for `findings`.
+pub fn exit_code(findings: &[Finding]) -> u8 {
+    if findings
+        .iter()
+        .any(|f| matches!(f.verdict, Verdict::Violated(_)))
+    {
+        1
+    } else if findings
+        .iter()
+        .any(|f| matches!(f.verdict, Verdict::NotChecked(_)))
+    {
+        2
+    } else {
+        0
+    }
+}
+
+/// Runs `flotilla verify`.
+pub fn verify(args: Verify) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flotilla verify: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(findings) => {
+            print(&findings);
+            ExitCode::from(exit_code(&findings))
+        }
+        Err(e) => {
+            eprintln!("flotilla verify: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// The bus to read: `--bus`, else the instance registered as `bus`.
+async fn bus_base(bus: Option<String>) -> anyhow::Result<String> {
+    if let Some(url) = bus {
+        return base_url(&url);
+    }
+    let client = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
+    let services = client.services().await.context("is Flotilla running?")?;
+    let addr = services
+        .into_iter()
+        .find(|s| s.name == "bus")
+        .and_then(|s| s.instances.into_iter().next())
+        .map(|i| i.addr)
+        .context("no bus is registered (pass --bus bus://host:port)")?;
+    base_url(&format!("bus://{addr}"))
+}
+
+/// Reads events on `subject` after `after`, a thousand at a time; returns the new ones.
+async fn events_after(
+    base: &str,
+    subject: &str,
+    after: &mut i64,
+) -> anyhow::Result<Vec<DeliveryLine>> {
+    let mut out = Vec::new();
+    loop {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{base}/v1/events"),
+            &[
+                ("subject", subject.to_owned()),
+                ("after", after.to_string()),
+                ("limit", "1000".into()),
+            ],
+        )?;
+        let page: Vec<DeliveryLine> = get(url.into()).await?;
+        let full = page.len() == 1000;
+        if let Some(last) = page.last() {
+            *after = last.seq;
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
+    let base = bus_base(args.bus).await?;
+    let deadline = tokio::time::Instant::now() + args.deadline;
+    let mut ledger = Ledger::default();
+    let (mut orders_at, mut payments_at) = (0, 0);
+    loop {
+        for line in events_after(&base, "orders.>", &mut orders_at).await? {
+            ledger.add(&line);
+        }
+        for line in events_after(&base, "payments.>", &mut payments_at).await? {
+            ledger.add(&line);
+        }
+        let groups: Vec<GroupInfo> = get(format!("{base}/v1/groups")).await?;
+        let dead = events_after(&base, "deadletter.>", &mut 0).await?;
+        let mut findings = vec![
+            Finding {
+                invariant: "every accepted order is CONFIRMED or CANCELLED, once",
+                verdict: ledger.orders_settled(),
+            },
+            Finding {
+                invariant: "a confirmed order has one captured payment; a cancelled one none left captured",
+                verdict: ledger.payments_match(),
+            },
+            Finding {
+                invariant: "every consumer group handled every event of its subjects",
+                verdict: groups_caught_up(&groups),
+            },
+            Finding {
+                invariant: "no dead letters",
+                verdict: no_dead_letters(&dead),
+            },
+        ];
+        // Orders in flight settle, lagging groups catch up: wait for them until the
+        // deadline; a dead letter stays one.
+        let settling = findings[..3]
+            .iter()
+            .any(|f| matches!(f.verdict, Verdict::Violated(_)));
+        if !settling || tokio::time::Instant::now() >= deadline {
+            findings.extend(not_checked());
+            return Ok(findings);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn print(findings: &[Finding]) {
+    for f in findings {
+        match &f.verdict {
+            Verdict::Holds(what) => println!("holds        {}\n             {what}", f.invariant),
+            Verdict::NotChecked(why) => {
+                println!("NOT CHECKED  {}\n             {why}", f.invariant)
+            }
+            Verdict::Violated(lines) => {
+                println!("VIOLATED     {} ({} cases)", f.invariant, lines.len());
+                for l in lines.iter().take(20) {
+                    println!("             {l}");
+                }
+                if lines.len() > 20 {
+                    println!("             … and {} more", lines.len() - 20);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kit_events::Event;
+    use serde_json::json;
+
+    use super::*;
+
+    fn line(seq: i64, subject: &str, id: &str, data: serde_json::Value) -> DeliveryLine {
+        let mut event = Event::new("test", subject, data);
+        event.id = id.into();
+        DeliveryLine {
+            seq,
+            subject: subject.into(),
+            attempt: 1,
+            event,
+        }
+    }
+
+    fn order(seq: i64, subject: &str, order: &str) -> DeliveryLine {
+        line(seq, subject, &format!("e{seq}"), json!({"orderId": order}))
+    }
+
+    fn payment(seq: i64, subject: &str, order: &str, status: &str, refunded: i64) -> DeliveryLine {
+        line(
+            seq,
+            subject,
+            &format!("e{seq}"),
+            json!({"paymentId": format!("p-{order}"), "orderId": order, "status": status,
+                   "amount_cents": 100, "refunded_cents": refunded}),
+        )
+    }
+
+    fn ledger(lines: &[DeliveryLine]) -> Ledger {
+        let mut l = Ledger::default();
+        for line in lines {
+            l.add(line);
+        }
+        l
+    }
+
+    #[test]
+    fn a_confirmed_and_a_refunded_cancelled_order_hold() {
+        let l = ledger(&[
+            order(1, "orders.created", "a"),
+            order(2, "orders.created", "b"),
+            payment(3, "payments.authorized", "a", "authorized", 0),
+            order(4, "orders.confirmed", "a"),
+            payment(5, "payments.captured", "a", "captured", 0),
+            payment(6, "payments.authorized", "b", "authorized", 0),
+            payment(7, "payments.voided", "b", "voided", 0),
+            order(8, "orders.cancelled", "b"),
+        ]);
+        assert_eq!(
+            l.orders_settled(),
+            Verdict::Holds("2 orders: 1 CONFIRMED, 1 CANCELLED".into())
+        );
+        assert!(matches!(l.payments_match(), Verdict::Holds(_)));
+    }
+
+    #[test]
+    fn a_redelivered_event_is_not_a_second_ending() {
+        let confirmed = order(2, "orders.confirmed", "a");
+        let l = ledger(&[
+            order(1, "orders.created", "a"),
+            confirmed.clone(),
+            DeliveryLine {
+                seq: 3,
+                ..confirmed
+            },
+        ]);
+        assert!(matches!(l.orders_settled(), Verdict::Holds(_)));
+    }
+
+    #[test]
+    fn unsettled_and_doubly_ended_orders_are_violations() {
+        let l = ledger(&[
+            order(1, "orders.created", "open"),
+            order(2, "orders.created", "both"),
+            order(3, "orders.confirmed", "both"),
+            order(4, "orders.cancelled", "both"),
+            order(5, "orders.confirmed", "ghost"),
+        ]);
+        let Verdict::Violated(lines) = l.orders_settled() else {
+            panic!("holds")
+        };
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("open") && l.contains("neither"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("both") && l.contains("2 endings"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("ghost") && l.contains("without"))
+        );
+    }
+
+    #[test]
+    fn money_left_captured_on_a_cancelled_order_or_missing_on_a_confirmed_one() {
+        let l = ledger(&[
+            order(1, "orders.created", "c"),
+            payment(2, "payments.captured", "c", "captured", 40),
+            order(3, "orders.cancelled", "c"),
+            order(4, "orders.created", "d"),
+            order(5, "orders.confirmed", "d"),
+        ]);
+        let Verdict::Violated(lines) = l.payments_match() else {
+            panic!("holds")
+        };
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("cancelled order c") && lines[0].contains("40 of 100"));
+        assert!(lines[1].contains("confirmed order d: no captured payment"));
+        // Refunded in full, the cancelled order holds.
+        let l = ledger(&[
+            order(1, "orders.created", "c"),
+            payment(2, "payments.captured", "c", "captured", 0),
+            payment(3, "payments.refunded", "c", "refunded", 100),
+            order(4, "orders.cancelled", "c"),
+        ]);
+        assert!(matches!(l.payments_match(), Verdict::Holds(_)));
+    }
+
+    #[test]
+    fn a_payment_captured_twice_is_a_violation() {
+        let l = ledger(&[
+            order(1, "orders.created", "a"),
+            order(2, "orders.confirmed", "a"),
+            payment(3, "payments.captured", "a", "captured", 0),
+            payment(4, "payments.captured", "a", "captured", 0),
+        ]);
+        let Verdict::Violated(lines) = l.payments_match() else {
+            panic!("holds")
+        };
+        assert!(lines[0].contains("captured 2 times"), "{lines:?}");
+    }
+
+    #[test]
+    fn lagging_groups_and_dead_letters_are_violations() {
+        let group = |name: &str, lag, pending| GroupInfo {
+            name: name.into(),
+            subjects: vec![">".into()],
+            cursor: 0,
+            lag,
+            pending,
+        };
+        assert!(matches!(
+            groups_caught_up(&[group("analytics", 0, 0)]),
+            Verdict::Holds(_)
+        ));
+        let Verdict::Violated(lines) =
+            groups_caught_up(&[group("analytics", 0, 0), group("notifications", 3, 1)])
+        else {
+            panic!("holds")
+        };
+        assert_eq!(lines, ["group notifications: lag 3, pending 1"]);
+        assert_eq!(no_dead_letters(&[]), Verdict::Holds("none".into()));
+        let dead = [order(9, "deadletter.notifications.orders.confirmed", "a")];
+        assert!(matches!(no_dead_letters(&dead), Verdict::Violated(v) if v.len() == 1));
+    }
+
+    #[test]
+    fn the_exit_code_says_violated_unchecked_or_clean() {
+        let f = |verdict| Finding {
+            invariant: "x",
+            verdict,
+        };
+        let holds = f(Verdict::Holds(String::new()));
+        let unchecked = f(Verdict::NotChecked(String::new()));
+        let violated = f(Verdict::Violated(vec![String::new()]));
+        assert_eq!(exit_code(std::slice::from_ref(&holds)), 0);
+        assert_eq!(exit_code(&[holds.clone(), unchecked.clone()]), 2);
+        assert_eq!(exit_code(&[holds, unchecked, violated]), 1);
+    }
+}

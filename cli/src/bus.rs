@@ -98,12 +98,21 @@ fn client() -> anyhow::Result<reqwest::Client> {
     Ok(kit::security::mtls::reqwest_builder().build()?)
 }
 
+/// `GET url` with the operator's client, as JSON.
 pub(crate) async fn get<T: serde::de::DeserializeOwned>(url: String) -> anyhow::Result<T> {
-    let response = client()?
+    get_json(&client()?, url).await
+}
+
+/// `GET url` with `http`, as JSON; any status but a success is an error.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+) -> anyhow::Result<T> {
+    let response = http
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("cannot reach the bus at {url}"))?;
+        .with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
     if !status.is_success() {
         bail!(

@@ -2,12 +2,12 @@
 //! verdict for each; exits 1 on any violation, 2 when none was found but some invariant
 //! could not be checked, 0 when every one holds.
 //!
-//! What it reads today is the embedded bus: the event log (every order's, payment's and
-//! dead letter's events, which each service writes through its outbox in the same
-//! transaction as the change) and the consumer groups' positions. The services have no
-//! admin endpoint yet that exposes their own state (orders and their steps, payments,
-//! stock with reservations and sales, each consumer's inbox), so the invariants that need
-//! it are reported as not checked rather than guessed.
+//! It reads the embedded bus — the event log (every order's, payment's and dead letter's
+//! events, which each service writes through its outbox in the same transaction as the
+//! change) and the consumer groups' positions — and inventory's admin API (stock and
+//! reservations held past their TTL). Orders and payments have no admin endpoint for
+//! their own state yet, nor do the consumers for their inboxes: what needs those is
+//! reported as not checked rather than guessed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -17,7 +17,9 @@ use anyhow::Context as _;
 use kit::discovery::registry::RegistryClient;
 use kit_events::embedded::wire::DeliveryLine;
 
-use crate::bus::{GroupInfo, base_url, get};
+use inventory::admin::StockLine;
+
+use crate::bus::{GroupInfo, base_url, get, get_json};
 use crate::status::registry_url;
 
 /// `flotilla verify …`
@@ -54,6 +56,8 @@ pub struct Finding {
 #[derive(Debug, Default)]
 struct OrderFacts {
     created: bool,
+    /// SKU and quantity of each line, from `orders.created`.
+    items: Vec<(String, i64)>,
     confirmed: BTreeSet<String>,
     cancelled: BTreeSet<String>,
 }
@@ -88,7 +92,15 @@ impl Ledger {
             "orders.created" | "orders.confirmed" | "orders.cancelled" => {
                 let order = self.orders.entry(text(data, "orderId")).or_default();
                 match line.subject.as_str() {
-                    "orders.created" => order.created = true,
+                    "orders.created" => {
+                        order.created = true;
+                        order.items = data["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|l| (text(l, "sku"), l["quantity"].as_i64().unwrap_or(0)))
+                            .collect();
+                    }
                     "orders.confirmed" => _ = order.confirmed.insert(id),
                     _ => _ = order.cancelled.insert(id),
                 }
@@ -188,6 +200,66 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Inventory's books agree with the orders: per SKU, the units sold are the units of
+    /// the CONFIRMED orders, and nothing is left reserved once every order has ended.
+    /// (Inventory does not record the initial stock and restocks — setting the stock
+    /// overwrites it — so the sum on hand + sold cannot be checked against them.)
+    pub fn stock_accounts(&self, stock: &[StockLine]) -> Verdict {
+        let mut confirmed: BTreeMap<&str, i64> = BTreeMap::new();
+        for o in self.orders.values() {
+            if o.confirmed.len() == 1 && o.cancelled.is_empty() {
+                for (sku, quantity) in &o.items {
+                    *confirmed.entry(sku.as_str()).or_default() += quantity;
+                }
+            }
+        }
+        let mut bad = Vec::new();
+        for line in stock {
+            let want = confirmed.remove(line.sku.as_str()).unwrap_or(0);
+            if line.sold != want {
+                bad.push(format!(
+                    "{}: {} sold, but CONFIRMED orders hold {want}",
+                    line.sku, line.sold
+                ));
+            }
+            if line.reserved != 0 {
+                bad.push(format!(
+                    "{}: {} units still reserved",
+                    line.sku, line.reserved
+                ));
+            }
+        }
+        for (sku, units) in confirmed.into_iter().filter(|(_, n)| *n > 0) {
+            bad.push(format!(
+                "{sku}: CONFIRMED orders hold {units} units of a product inventory does not have"
+            ));
+        }
+        if bad.is_empty() {
+            Verdict::Holds(format!(
+                "{} SKUs: sold = units of CONFIRMED orders, none reserved",
+                stock.len()
+            ))
+        } else {
+            Verdict::Violated(bad)
+        }
+    }
+}
+
+/// No reservation is still held past its TTL.
+pub fn reservations_expire(overdue: &[String]) -> Verdict {
+    if overdue.is_empty() {
+        Verdict::Holds("none held past its TTL".into())
+    } else {
+        Verdict::Violated(
+            overdue
+                .iter()
+                .map(|id| format!("order {id}: reservation held past its TTL"))
+                .collect(),
+        )
+    }
+}
+
 /// Every consumer group has been delivered every event of its subjects and acked it.
 pub fn groups_caught_up(groups: &[GroupInfo]) -> Verdict {
     let bad: Vec<_> = groups
@@ -222,22 +294,14 @@ pub fn no_dead_letters(dead: &[DeliveryLine]) -> Verdict {
     )
 }
 
-/// The invariants no service exposes the state for yet.
-fn not_checked() -> Vec<Finding> {
-    vec![
-        Finding {
-            invariant: "stock is conserved per SKU (available + reserved + sold = initial + restocks)",
-            verdict: Verdict::NotChecked(
-                "inventory has no admin endpoint that shows reserved and sold units or the restocks of a SKU".into(),
-            ),
-        },
-        Finding {
-            invariant: "no reservation outlives its TTL",
-            verdict: Verdict::NotChecked(
-                "inventory has no admin endpoint that lists its reservations".into(),
-            ),
-        },
-    ]
+/// The invariant no service exposes the state for yet.
+fn not_checked() -> Finding {
+    Finding {
+        invariant: "every event was applied exactly once by each consumer group",
+        verdict: Verdict::NotChecked(
+            "the consumers' inboxes (which event ids each applied) have no admin endpoint; delivery and acknowledgement are checked above".into(),
+        ),
+    }
 }
 
 /// The process exit code for `findings`.
@@ -281,20 +345,28 @@ pub fn verify(args: Verify) -> ExitCode {
     }
 }
 
-/// The bus to read: `--bus`, else the instance registered as `bus`.
-async fn bus_base(bus: Option<String>) -> anyhow::Result<String> {
-    if let Some(url) = bus {
-        return base_url(&url);
-    }
+/// Where to read: the bus (`--bus`, else the instance registered as `bus`) and
+/// inventory's admin listener.
+async fn targets(bus: Option<String>) -> anyhow::Result<(String, String)> {
     let client = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
     let services = client.services().await.context("is Flotilla running?")?;
-    let addr = services
-        .into_iter()
-        .find(|s| s.name == "bus")
-        .and_then(|s| s.instances.into_iter().next())
-        .map(|i| i.addr)
-        .context("no bus is registered (pass --bus bus://host:port)")?;
-    base_url(&format!("bus://{addr}"))
+    let first = |name: &str| {
+        services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.instances.first())
+    };
+    let bus = match bus {
+        Some(url) => base_url(&url)?,
+        None => {
+            let i = first("bus").context("no bus is registered (pass --bus bus://host:port)")?;
+            base_url(&format!("bus://{}", i.addr))?
+        }
+    };
+    let inventory = first("inventory")
+        .and_then(|i| i.metadata.get("admin_addr"))
+        .context("no inventory instance with an admin address is registered")?;
+    Ok((bus, format!("http://{inventory}")))
 }
 
 /// Reads events on `subject` after `after`, a thousand at a time; returns the new ones.
@@ -326,7 +398,12 @@ async fn events_after(
 }
 
 async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
-    let base = bus_base(args.bus).await?;
+    let (base, inventory) = targets(args.bus).await?;
+    // Admin listeners take plain HTTP on loopback.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let deadline = tokio::time::Instant::now() + args.deadline;
     let mut ledger = Ledger::default();
     let (mut orders_at, mut payments_at) = (0, 0);
@@ -339,6 +416,9 @@ async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
         }
         let groups: Vec<GroupInfo> = get(format!("{base}/v1/groups")).await?;
         let dead = events_after(&base, "deadletter.>", &mut 0).await?;
+        let stock: Vec<StockLine> = get_json(&http, format!("{inventory}/admin/stock")).await?;
+        let overdue: Vec<String> =
+            get_json(&http, format!("{inventory}/admin/reservations/overdue")).await?;
         let mut findings = vec![
             Finding {
                 invariant: "every accepted order is CONFIRMED or CANCELLED, once",
@@ -353,17 +433,25 @@ async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
                 verdict: groups_caught_up(&groups),
             },
             Finding {
+                invariant: "stock accounts for every order (sold = CONFIRMED units, nothing left reserved)",
+                verdict: ledger.stock_accounts(&stock),
+            },
+            Finding {
+                invariant: "no reservation outlives its TTL",
+                verdict: reservations_expire(&overdue),
+            },
+            Finding {
                 invariant: "no dead letters",
                 verdict: no_dead_letters(&dead),
             },
         ];
-        // Orders in flight settle, lagging groups catch up: wait for them until the
-        // deadline; a dead letter stays one.
-        let settling = findings[..3]
+        // Orders in flight settle, lagging groups catch up, the sweeper expires
+        // reservations: wait for them until the deadline; a dead letter stays one.
+        let settling = findings[..5]
             .iter()
             .any(|f| matches!(f.verdict, Verdict::Violated(_)));
         if !settling || tokio::time::Instant::now() >= deadline {
-            findings.extend(not_checked());
+            findings.push(not_checked());
             return Ok(findings);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -554,6 +642,59 @@ mod tests {
         assert_eq!(no_dead_letters(&[]), Verdict::Holds("none".into()));
         let dead = [order(9, "deadletter.notifications.orders.confirmed", "a")];
         assert!(matches!(no_dead_letters(&dead), Verdict::Violated(v) if v.len() == 1));
+    }
+
+    fn stock(sku: &str, reserved: i64, sold: i64) -> StockLine {
+        StockLine {
+            sku: sku.into(),
+            stock: 10,
+            reserved,
+            sold,
+        }
+    }
+
+    fn created(seq: i64, id: &str, sku: &str, quantity: i64) -> DeliveryLine {
+        line(
+            seq,
+            "orders.created",
+            &format!("e{seq}"),
+            json!({"orderId": id, "items": [{"sku": sku, "quantity": quantity}]}),
+        )
+    }
+
+    #[test]
+    fn sold_units_are_the_units_of_confirmed_orders() {
+        let l = ledger(&[
+            created(1, "a", "BOAT", 2),
+            order(2, "orders.confirmed", "a"),
+            created(3, "b", "BOAT", 1),
+            order(4, "orders.cancelled", "b"),
+            created(5, "c", "DECK", 3),
+            order(6, "orders.confirmed", "c"),
+        ]);
+        assert!(matches!(
+            l.stock_accounts(&[stock("BOAT", 0, 2), stock("DECK", 0, 3), stock("NAV", 0, 0)]),
+            Verdict::Holds(_)
+        ));
+        let Verdict::Violated(lines) = l.stock_accounts(&[stock("BOAT", 1, 3)]) else {
+            panic!("holds")
+        };
+        assert_eq!(
+            lines,
+            [
+                "BOAT: 3 sold, but CONFIRMED orders hold 2",
+                "BOAT: 1 units still reserved",
+                "DECK: CONFIRMED orders hold 3 units of a product inventory does not have",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reservation_held_past_its_ttl_is_a_violation() {
+        assert!(matches!(reservations_expire(&[]), Verdict::Holds(_)));
+        assert!(
+            matches!(reservations_expire(&["o-1".into()]), Verdict::Violated(v) if v[0].contains("o-1"))
+        );
     }
 
     #[test]

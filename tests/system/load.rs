@@ -87,7 +87,11 @@ async fn verify_finds_no_violation_after_load() {
         text.contains("holds        every accepted order is CONFIRMED or CANCELLED"),
         "{text}"
     );
-    // Stock and reservations have no admin endpoint to read yet: said, and exit 2.
+    assert!(
+        text.contains("holds        stock accounts for every order"),
+        "{text}"
+    );
+    // The consumers' inboxes have no admin endpoint to read yet: said, and exit 2.
     assert!(text.contains("NOT CHECKED"), "{text}");
     assert_eq!(out.status.code(), Some(2), "{text}");
 }

@@ -4,10 +4,11 @@
 //!
 //! It reads the embedded bus — the event log (every order's, payment's and dead letter's
 //! events, which each service writes through its outbox in the same transaction as the
-//! change) and the consumer groups' positions — and inventory's admin API (stock and
-//! reservations held past their TTL). Orders and payments have no admin endpoint for
-//! their own state yet, nor do the consumers for their inboxes: what needs those is
-//! reported as not checked rather than guessed.
+//! change) and the consumer groups' positions — and the admin APIs of orders (orders in
+//! flight) and inventory (stock, reservations held past their TTL). Payments has no
+//! admin endpoint for its own state yet, nor do the consumers for their inboxes: their
+//! verdicts come from the events, and what needs the inboxes is reported as not checked
+//! rather than guessed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -119,10 +120,14 @@ impl Ledger {
         }
     }
 
-    /// Every accepted order (`orders.created`) ended exactly once: `orders.confirmed` or
+    /// Every accepted order ended exactly once: none is still in flight in orders' own
+    /// store (`in_flight`), and each `orders.created` has one `orders.confirmed` or
     /// `orders.cancelled`, not both, not twice.
-    pub fn orders_settled(&self) -> Verdict {
-        let mut bad = Vec::new();
+    pub fn orders_settled(&self, in_flight: &[String]) -> Verdict {
+        let mut bad: Vec<String> = in_flight
+            .iter()
+            .map(|id| format!("order {id}: still PENDING in orders' store"))
+            .collect();
         let (mut confirmed, mut cancelled) = (0, 0);
         for (id, o) in &self.orders {
             let ends = o.confirmed.len() + o.cancelled.len();
@@ -140,7 +145,7 @@ impl Ledger {
         }
         if bad.is_empty() {
             Verdict::Holds(format!(
-                "{} orders: {confirmed} CONFIRMED, {cancelled} CANCELLED",
+                "{} orders: {confirmed} CONFIRMED, {cancelled} CANCELLED, none in flight in orders' store",
                 self.orders.len()
             ))
         } else {
@@ -345,9 +350,20 @@ pub fn verify(args: Verify) -> ExitCode {
     }
 }
 
-/// Where to read: the bus (`--bus`, else the instance registered as `bus`) and
-/// inventory's admin listener.
-async fn targets(bus: Option<String>) -> anyhow::Result<(String, String)> {
+/// Where to read.
+#[derive(Debug)]
+struct Targets {
+    /// The bus's API.
+    bus: String,
+    /// Orders' admin listener.
+    orders: String,
+    /// Inventory's admin listener.
+    inventory: String,
+}
+
+/// The bus (`--bus`, else the instance registered as `bus`) and the admin listeners of
+/// orders and inventory, from the registry.
+async fn targets(bus: Option<String>) -> anyhow::Result<Targets> {
     let client = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
     let services = client.services().await.context("is Flotilla running?")?;
     let first = |name: &str| {
@@ -363,10 +379,17 @@ async fn targets(bus: Option<String>) -> anyhow::Result<(String, String)> {
             base_url(&format!("bus://{}", i.addr))?
         }
     };
-    let inventory = first("inventory")
-        .and_then(|i| i.metadata.get("admin_addr"))
-        .context("no inventory instance with an admin address is registered")?;
-    Ok((bus, format!("http://{inventory}")))
+    let admin = |name: &str| {
+        first(name)
+            .and_then(|i| i.metadata.get("admin_addr"))
+            .map(|a| format!("http://{a}"))
+            .with_context(|| format!("no {name} instance with an admin address is registered"))
+    };
+    Ok(Targets {
+        bus,
+        orders: admin("orders")?,
+        inventory: admin("inventory")?,
+    })
 }
 
 /// Reads events on `subject` after `after`, a thousand at a time; returns the new ones.
@@ -398,7 +421,11 @@ async fn events_after(
 }
 
 async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
-    let (base, inventory) = targets(args.bus).await?;
+    let Targets {
+        bus: base,
+        orders,
+        inventory,
+    } = targets(args.bus).await?;
     // Admin listeners take plain HTTP on loopback.
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -416,13 +443,15 @@ async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
         }
         let groups: Vec<GroupInfo> = get(format!("{base}/v1/groups")).await?;
         let dead = events_after(&base, "deadletter.>", &mut 0).await?;
+        let in_flight: Vec<String> =
+            get_json(&http, format!("{orders}/admin/orders/in-flight")).await?;
         let stock: Vec<StockLine> = get_json(&http, format!("{inventory}/admin/stock")).await?;
         let overdue: Vec<String> =
             get_json(&http, format!("{inventory}/admin/reservations/overdue")).await?;
         let mut findings = vec![
             Finding {
                 invariant: "every accepted order is CONFIRMED or CANCELLED, once",
-                verdict: ledger.orders_settled(),
+                verdict: ledger.orders_settled(&in_flight),
             },
             Finding {
                 invariant: "a confirmed order has one captured payment; a cancelled one none left captured",
@@ -531,8 +560,10 @@ mod tests {
             order(8, "orders.cancelled", "b"),
         ]);
         assert_eq!(
-            l.orders_settled(),
-            Verdict::Holds("2 orders: 1 CONFIRMED, 1 CANCELLED".into())
+            l.orders_settled(&[]),
+            Verdict::Holds(
+                "2 orders: 1 CONFIRMED, 1 CANCELLED, none in flight in orders' store".into()
+            )
         );
         assert!(matches!(l.payments_match(), Verdict::Holds(_)));
     }
@@ -548,7 +579,7 @@ mod tests {
                 ..confirmed
             },
         ]);
-        assert!(matches!(l.orders_settled(), Verdict::Holds(_)));
+        assert!(matches!(l.orders_settled(&[]), Verdict::Holds(_)));
     }
 
     #[test]
@@ -560,10 +591,11 @@ mod tests {
             order(4, "orders.cancelled", "both"),
             order(5, "orders.confirmed", "ghost"),
         ]);
-        let Verdict::Violated(lines) = l.orders_settled() else {
+        let Verdict::Violated(lines) = l.orders_settled(&["open".into()]) else {
             panic!("holds")
         };
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[0], "order open: still PENDING in orders' store");
         assert!(
             lines
                 .iter()

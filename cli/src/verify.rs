@@ -5,10 +5,9 @@
 //! It reads the embedded bus — the event log (every order's, payment's and dead letter's
 //! events, which each service writes through its outbox in the same transaction as the
 //! change) and the consumer groups' positions — and the admin APIs of orders (orders in
-//! flight) and inventory (stock, reservations held past their TTL). Payments has no
-//! admin endpoint for its own state yet, nor do the consumers for their inboxes: their
-//! verdicts come from the events, and what needs the inboxes is reported as not checked
-//! rather than guessed.
+//! flight), payments (its ledger) and inventory (stock, reservations held past their
+//! TTL). The consumers have no admin endpoint for their inboxes: what needs those is
+//! reported as not checked rather than guessed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -19,6 +18,7 @@ use kit::discovery::registry::RegistryClient;
 use kit_events::embedded::wire::DeliveryLine;
 
 use inventory::admin::StockLine;
+use payments::store::PaymentLine;
 
 use crate::bus::{GroupInfo, base_url, get, get_json};
 use crate::status::registry_url;
@@ -63,21 +63,10 @@ struct OrderFacts {
     cancelled: BTreeSet<String>,
 }
 
-/// One payment as its latest event left it, and the distinct capture events seen.
-#[derive(Debug, Default)]
-struct PaymentFacts {
-    order_id: String,
-    status: String,
-    amount_cents: i64,
-    refunded_cents: i64,
-    captures: BTreeSet<String>,
-}
-
-/// The orders and payments the event log describes.
+/// The orders the event log describes.
 #[derive(Debug, Default)]
 pub struct Ledger {
     orders: BTreeMap<String, OrderFacts>,
-    payments: BTreeMap<String, PaymentFacts>,
 }
 
 fn text(v: &serde_json::Value, key: &str) -> String {
@@ -104,16 +93,6 @@ impl Ledger {
                     }
                     "orders.confirmed" => _ = order.confirmed.insert(id),
                     _ => _ = order.cancelled.insert(id),
-                }
-            }
-            s if s.starts_with("payments.") => {
-                let p = self.payments.entry(text(data, "paymentId")).or_default();
-                p.order_id = text(data, "orderId");
-                p.status = text(data, "status");
-                p.amount_cents = data["amount_cents"].as_i64().unwrap_or(0);
-                p.refunded_cents = data["refunded_cents"].as_i64().unwrap_or(0);
-                if s == "payments.captured" {
-                    p.captures.insert(id);
                 }
             }
             _ => {}
@@ -153,30 +132,27 @@ impl Ledger {
         }
     }
 
-    /// Every confirmed order has exactly one payment captured once; no cancelled order
-    /// has money left captured (captured and not fully refunded).
-    pub fn payments_match(&self) -> Verdict {
-        let mut by_order: BTreeMap<&str, Vec<(&String, &PaymentFacts)>> = BTreeMap::new();
-        for (id, p) in &self.payments {
-            by_order
-                .entry(p.order_id.as_str())
-                .or_default()
-                .push((id, p));
+    /// Every confirmed order has exactly one payment, captured once; no cancelled order
+    /// has money left captured (captured and not fully refunded). `payments` is the
+    /// payments ledger's own record.
+    pub fn payments_match(&self, payments: &[PaymentLine]) -> Verdict {
+        let mut by_order: BTreeMap<&str, Vec<&PaymentLine>> = BTreeMap::new();
+        for p in payments {
+            by_order.entry(p.order_id.as_str()).or_default().push(p);
         }
+        let held = |p: &PaymentLine| p.status == "captured" && p.refunded_cents < p.amount_cents;
         let mut bad = Vec::new();
         let mut checked = 0;
         for (id, o) in &self.orders {
-            let payments = by_order.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            let held =
-                |p: &PaymentFacts| p.status == "captured" && p.refunded_cents < p.amount_cents;
+            let paid = by_order.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             if o.confirmed.len() == 1 && o.cancelled.is_empty() {
                 checked += 1;
-                let captured: Vec<_> = payments.iter().filter(|(_, p)| held(p)).collect();
+                let captured: Vec<_> = paid.iter().filter(|p| held(p)).collect();
                 match captured.as_slice() {
-                    [(_, p)] if p.captures.len() == 1 => {}
-                    [(pid, p)] => bad.push(format!(
-                        "confirmed order {id}: payment {pid} captured {} times",
-                        p.captures.len()
+                    [p] if p.captures == 1 => {}
+                    [p] => bad.push(format!(
+                        "confirmed order {id}: payment {} captured {} times",
+                        p.id, p.captures
                     )),
                     [] => bad.push(format!("confirmed order {id}: no captured payment")),
                     many => bad.push(format!(
@@ -186,18 +162,18 @@ impl Ledger {
                 }
             } else if o.cancelled.len() == 1 && o.confirmed.is_empty() {
                 checked += 1;
-                for (pid, p) in payments.iter().filter(|(_, p)| held(p)) {
+                for p in paid.iter().filter(|p| held(p)) {
                     bad.push(format!(
-                        "cancelled order {id}: payment {pid} still captured ({} of {} cents refunded)",
-                        p.refunded_cents, p.amount_cents
+                        "cancelled order {id}: payment {} still captured ({} of {} cents refunded)",
+                        p.id, p.refunded_cents, p.amount_cents
                     ));
                 }
             }
         }
         if bad.is_empty() {
             Verdict::Holds(format!(
-                "{checked} settled orders, {} payments",
-                self.payments.len()
+                "{checked} settled orders, {} payments in the ledger",
+                payments.len()
             ))
         } else {
             Verdict::Violated(bad)
@@ -357,6 +333,8 @@ struct Targets {
     bus: String,
     /// Orders' admin listener.
     orders: String,
+    /// Payments' admin listener.
+    payments: String,
     /// Inventory's admin listener.
     inventory: String,
 }
@@ -389,6 +367,7 @@ async fn targets(bus: Option<String>) -> anyhow::Result<Targets> {
     Ok(Targets {
         bus,
         orders: admin("orders")?,
+        payments: admin("payments")?,
         inventory: admin("inventory")?,
     })
 }
@@ -426,7 +405,23 @@ async fn events_after(
 struct Reading {
     ledger: Ledger,
     orders_at: i64,
-    payments_at: i64,
+}
+
+/// Every payment in payments' ledger, a thousand at a time.
+async fn payment_lines(http: &reqwest::Client, admin: &str) -> anyhow::Result<Vec<PaymentLine>> {
+    let mut out: Vec<PaymentLine> = Vec::new();
+    loop {
+        let url = match out.last() {
+            Some(last) => format!("{admin}/admin/payments?limit=1000&after={}", last.id),
+            None => format!("{admin}/admin/payments?limit=1000"),
+        };
+        let page: Vec<PaymentLine> = get_json(http, url).await?;
+        let full = page.len() == 1000;
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// Reads everything once and judges every invariant.
@@ -438,16 +433,15 @@ async fn observe(
     let Targets {
         bus: base,
         orders,
+        payments,
         inventory,
     } = targets(bus.map(str::to_owned)).await?;
     for line in events_after(&base, "orders.>", &mut r.orders_at).await? {
         r.ledger.add(&line);
     }
-    for line in events_after(&base, "payments.>", &mut r.payments_at).await? {
-        r.ledger.add(&line);
-    }
     let groups: Vec<GroupInfo> = get(format!("{base}/v1/groups")).await?;
     let dead = events_after(&base, "deadletter.>", &mut 0).await?;
+    let paid = payment_lines(http, &payments).await?;
     let in_flight: Vec<String> = get_json(http, format!("{orders}/admin/orders/in-flight")).await?;
     let stock: Vec<StockLine> = get_json(http, format!("{inventory}/admin/stock")).await?;
     let overdue: Vec<String> =
@@ -460,7 +454,7 @@ async fn observe(
         },
         Finding {
             invariant: "a confirmed order has one captured payment; a cancelled one none left captured",
-            verdict: ledger.payments_match(),
+            verdict: ledger.payments_match(&paid),
         },
         Finding {
             invariant: "every consumer group handled every event of its subjects",
@@ -553,14 +547,15 @@ mod tests {
         line(seq, subject, &format!("e{seq}"), json!({"orderId": order}))
     }
 
-    fn payment(seq: i64, subject: &str, order: &str, status: &str, refunded: i64) -> DeliveryLine {
-        line(
-            seq,
-            subject,
-            &format!("e{seq}"),
-            json!({"paymentId": format!("p-{order}"), "orderId": order, "status": status,
-                   "amount_cents": 100, "refunded_cents": refunded}),
-        )
+    fn pay(order: &str, status: &str, refunded: i64, captures: i64) -> PaymentLine {
+        PaymentLine {
+            id: format!("p-{order}"),
+            order_id: order.into(),
+            status: status.into(),
+            amount_cents: 100,
+            refunded_cents: refunded,
+            captures,
+        }
     }
 
     fn ledger(lines: &[DeliveryLine]) -> Ledger {
@@ -576,20 +571,17 @@ mod tests {
         let l = ledger(&[
             order(1, "orders.created", "a"),
             order(2, "orders.created", "b"),
-            payment(3, "payments.authorized", "a", "authorized", 0),
             order(4, "orders.confirmed", "a"),
-            payment(5, "payments.captured", "a", "captured", 0),
-            payment(6, "payments.authorized", "b", "authorized", 0),
-            payment(7, "payments.voided", "b", "voided", 0),
             order(8, "orders.cancelled", "b"),
         ]);
+        let paid = [pay("a", "captured", 0, 1), pay("b", "voided", 0, 0)];
         assert_eq!(
             l.orders_settled(&[]),
             Verdict::Holds(
                 "2 orders: 1 CONFIRMED, 1 CANCELLED, none in flight in orders' store".into()
             )
         );
-        assert!(matches!(l.payments_match(), Verdict::Holds(_)));
+        assert!(matches!(l.payments_match(&paid), Verdict::Holds(_)));
     }
 
     #[test]
@@ -641,12 +633,11 @@ mod tests {
     fn money_left_captured_on_a_cancelled_order_or_missing_on_a_confirmed_one() {
         let l = ledger(&[
             order(1, "orders.created", "c"),
-            payment(2, "payments.captured", "c", "captured", 40),
             order(3, "orders.cancelled", "c"),
             order(4, "orders.created", "d"),
             order(5, "orders.confirmed", "d"),
         ]);
-        let Verdict::Violated(lines) = l.payments_match() else {
+        let Verdict::Violated(lines) = l.payments_match(&[pay("c", "captured", 40, 1)]) else {
             panic!("holds")
         };
         assert_eq!(lines.len(), 2, "{lines:?}");
@@ -655,11 +646,12 @@ mod tests {
         // Refunded in full, the cancelled order holds.
         let l = ledger(&[
             order(1, "orders.created", "c"),
-            payment(2, "payments.captured", "c", "captured", 0),
-            payment(3, "payments.refunded", "c", "refunded", 100),
             order(4, "orders.cancelled", "c"),
         ]);
-        assert!(matches!(l.payments_match(), Verdict::Holds(_)));
+        assert!(matches!(
+            l.payments_match(&[pay("c", "refunded", 100, 1)]),
+            Verdict::Holds(_)
+        ));
     }
 
     #[test]
@@ -667,10 +659,8 @@ mod tests {
         let l = ledger(&[
             order(1, "orders.created", "a"),
             order(2, "orders.confirmed", "a"),
-            payment(3, "payments.captured", "a", "captured", 0),
-            payment(4, "payments.captured", "a", "captured", 0),
         ]);
-        let Verdict::Violated(lines) = l.payments_match() else {
+        let Verdict::Violated(lines) = l.payments_match(&[pay("a", "captured", 0, 2)]) else {
             panic!("holds")
         };
         assert!(lines[0].contains("captured 2 times"), "{lines:?}");

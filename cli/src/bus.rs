@@ -62,13 +62,16 @@ struct SubjectInfo {
     last_seq: i64,
 }
 
+/// A consumer group as the bus reports it.
 #[derive(Debug, Deserialize)]
-struct GroupInfo {
-    name: String,
-    subjects: Vec<String>,
-    cursor: i64,
-    lag: i64,
-    pending: i64,
+pub(crate) struct GroupInfo {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub cursor: i64,
+    /// Events of its subjects not yet delivered.
+    pub lag: i64,
+    /// Delivered, not yet acknowledged.
+    pub pending: i64,
 }
 
 /// Runs a bus command.
@@ -76,7 +79,7 @@ pub fn bus(cmd: Bus) -> ExitCode {
     crate::block_on("bus", run(cmd))
 }
 
-fn base_url(url: &str) -> anyhow::Result<String> {
+pub(crate) fn base_url(url: &str) -> anyhow::Result<String> {
     match url.strip_prefix("bus://") {
         Some(authority) if !authority.is_empty() => Ok(format!(
             "{}://{}",
@@ -95,12 +98,21 @@ fn client() -> anyhow::Result<reqwest::Client> {
     Ok(kit::security::mtls::reqwest_builder().build()?)
 }
 
-async fn get<T: serde::de::DeserializeOwned>(url: String) -> anyhow::Result<T> {
-    let response = client()?
+/// `GET url` with the operator's client, as JSON.
+pub(crate) async fn get<T: serde::de::DeserializeOwned>(url: String) -> anyhow::Result<T> {
+    get_json(&client()?, url).await
+}
+
+/// `GET url` with `http`, as JSON; any status but a success is an error.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+) -> anyhow::Result<T> {
+    let response = http
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("cannot reach the bus at {url}"))?;
+        .with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
     if !status.is_success() {
         bail!(

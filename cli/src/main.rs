@@ -9,11 +9,13 @@ mod auth;
 mod bus;
 mod chaos;
 mod r#gen;
+mod load;
 mod scale;
 mod services;
 mod status;
 mod traffic;
 mod up;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,12 @@ enum Command {
     /// Break things on purpose: inject faults, kill instances.
     #[command(subcommand)]
     Chaos(chaos::Chaos),
+    /// Put the shop under load: open-loop arrivals at a fixed rate through the gateway,
+    /// with latency histograms per endpoint and a report (JSON and an SVG chart).
+    Load(load::Load),
+    /// Check the system's invariants after an experiment: a verdict for each; exits 1 on
+    /// a violation, 2 when some invariant could not be checked.
+    Verify(verify::Verify),
     /// Inspect the event bus: subjects, groups and lag, events, dead letters; replay.
     Bus(bus::Bus),
     /// Operate auth: rotate its signing key.
@@ -79,7 +87,11 @@ fn main() -> ExitCode {
     // certificate from the system's CA.
     if matches!(
         cli.command,
-        Command::Status | Command::Chaos(_) | Command::Bus(_) | Command::Traffic(_)
+        Command::Status
+            | Command::Chaos(_)
+            | Command::Bus(_)
+            | Command::Traffic(_)
+            | Command::Verify(_)
     ) && let Err(e) = install_operator(&kit::config::Config::load())
     {
         eprintln!("flotilla: {e:#}");
@@ -94,6 +106,8 @@ fn main() -> ExitCode {
         Command::Status => status::status(),
         Command::Chaos(cmd) => chaos::chaos(cmd),
         Command::Bus(cmd) => bus::bus(cmd),
+        Command::Load(args) => load::load(args),
+        Command::Verify(args) => verify::verify(args),
         Command::Auth(cmd) => auth::auth(cmd),
         Command::Analytics(cmd) => analytics::analytics(cmd),
         Command::Gen(args) => r#gen::gen_command(args),

@@ -5,6 +5,7 @@ mod dns;
 mod fleet;
 mod harness;
 mod identity;
+mod load;
 mod mtls;
 mod saga;
 mod up;

@@ -5,6 +5,7 @@
 //! default, Redis in production). A background sweeper expires reservations past their
 //! TTL, returning their stock.
 
+pub mod admin;
 pub mod api;
 pub mod domain;
 pub mod events;
@@ -111,13 +112,14 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     .await
     .map_err(|e| StartError::Other(e.to_string()))?;
     let ready = store.clone();
+    let admin = admin::router(store.clone());
     let service = Service::bind(&ctx, cfg.listen, cfg.admin_listen)
         .await?
         .grpc(cfg.grpc_listen, grpc_routes.into_axum_router())
         .await?;
     Ok(service
         .router(api::router(api::AppState { store }))
-        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>().merge(admin))
         .readiness(
             "store",
             Arc::new(move || {

@@ -16,12 +16,16 @@ struct TestApp {
 }
 
 async fn spawn_inventory() -> TestApp {
+    spawn_inventory_with(json!({"seed": true})).await
+}
+
+async fn spawn_inventory_with(settings: Value) -> TestApp {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path())
         .insecure_internal()
         .merged("discovery", "static://")
-        .merged("inventory", json!({"seed": true}));
+        .merged("inventory", settings);
     let ctx = Context::new("inventory", config).unwrap();
     let service = inventory::build(ctx).await.unwrap();
     let base = format!("http://{}", service.public_addr());
@@ -425,4 +429,68 @@ async fn describes_its_api_in_openapi_on_the_admin_listener() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing: {doc}");
     }
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_stock_and_reservations_held_past_their_ttl() {
+    // Reservations expire at once, and the sweeper would only notice in an hour.
+    let app = spawn_inventory_with(
+        json!({"seed": true, "reservation_ttl": "1ms", "sweep_interval": "1h"}),
+    )
+    .await;
+    let mut client = app.inventory().await;
+    let reserve = |order: &str, qty: u32| ReserveRequest {
+        order_id: order.into(),
+        items: vec![Line {
+            sku: "FLT-BOAT-002".into(),
+            quantity: qty,
+        }],
+    };
+    client.reserve(reserve("held", 2)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    let admin = |path: &str| {
+        let url = format!("{}{path}", app.admin);
+        let http = app.http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let find_boat = |stock: &Value| {
+        let lines = stock.as_array().unwrap();
+        lines
+            .iter()
+            .find(|l| l["sku"] == "FLT-BOAT-002")
+            .unwrap()
+            .clone()
+    };
+    let overdue = admin("/admin/reservations/overdue").await;
+    assert_eq!(overdue, json!(["held"]));
+    let stock = admin("/admin/stock").await;
+    let boat = find_boat(&stock);
+    assert_eq!(
+        (&boat["stock"], &boat["reserved"], &boat["sold"]),
+        (&json!(12), &json!(2), &json!(0)),
+        "{boat}"
+    );
+    assert_eq!(stock.as_array().unwrap().len(), 24, "every product");
+
+    // Any action on it expires it first: nothing is overdue any more, the stock is back.
+    let err = client
+        .commit(CommitRequest {
+            order_id: "held".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert_eq!(admin("/admin/reservations/overdue").await, json!([]));
+    let stock = admin("/admin/stock").await;
+    let boat = find_boat(&stock);
+    assert_eq!(boat["reserved"], 0, "{boat}");
 }

@@ -8,6 +8,7 @@
 //! `orders.confirmed` and `orders.cancelled` to the bus. At start every saga in flight
 //! is resumed.
 
+pub mod admin;
 pub mod api;
 pub mod clients;
 pub mod domain;
@@ -167,6 +168,7 @@ async fn assemble(ctx: Context) -> Result<(Service, ::saga::Engine), StartError>
     tokio::spawn(purge_answers(store.clone(), cfg.idempotency_ttl));
 
     let ready = store.clone();
+    let admin = admin::router(store.clone());
     let service = Service::bind(&ctx, cfg.listen, cfg.admin_listen)
         .await?
         .router(api::router(api::AppState {
@@ -175,7 +177,7 @@ async fn assemble(ctx: Context) -> Result<(Service, ::saga::Engine), StartError>
             clients,
             cards,
         }))
-        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>().merge(admin))
         .readiness(
             "store",
             Arc::new(move || {

@@ -30,6 +30,8 @@ struct System {
     dir: tempfile::TempDir,
     registry: String,
     orders: String,
+    /// Orders' admin listener.
+    orders_admin: String,
     inventory: Option<Running>,
     payments: Option<Running>,
     opts: Opts,
@@ -96,11 +98,13 @@ impl System {
         let orders_cfg = config(dir.path(), &reg).merged("orders", section);
         let orders = orders::build(Context::new("orders", orders_cfg).unwrap())
             .await
-            .unwrap()
-            .spawn();
+            .unwrap();
+        let orders_admin = format!("http://{}", orders.admin_addr());
+        let orders = orders.spawn();
         let sys = Self {
             registry: reg,
             orders: format!("http://{}", orders.public_addr()),
+            orders_admin,
             inventory: Some(inventory),
             payments: Some(payments),
             opts,
@@ -784,4 +788,34 @@ async fn one_hundred_concurrent_identical_requests_make_one_order() {
         .await;
     assert_eq!(status, 202);
     assert_ne!(id(&other), order);
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_the_orders_in_flight() {
+    let mut sys = System::start(Opts::default()).await;
+    let in_flight = |sys: &System| {
+        let (http, url) = (
+            sys.http.clone(),
+            format!("{}/admin/orders/in-flight", sys.orders_admin),
+        );
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<String>>()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(in_flight(&sys).await.is_empty());
+    // With payments down the saga retries authorize_payment until its deadline: the
+    // order is in flight, and listed, until it ends.
+    sys.stop_payments().await;
+    let (status, accepted) = sys.place("u-1", 1, APPROVE).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(in_flight(&sys).await, [id(&accepted)]);
+    sys.restart_payments().await;
+    sys.wait_final("u-1", &id(&accepted)).await;
+    assert!(in_flight(&sys).await.is_empty());
 }

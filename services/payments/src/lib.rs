@@ -8,6 +8,7 @@
 //! checked (Luhn, expiry), passed to the provider, and never stored or logged: only the
 //! last four digits are kept.
 
+pub mod admin;
 pub mod api;
 pub mod domain;
 pub mod events;
@@ -78,6 +79,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         latency: cfg.provider_latency,
     });
     let payments = ledger::Payments::new(ledger.clone(), provider);
+    let admin = admin::router(ledger.clone());
     let (outbox, wake) = ledger.outbox();
     let bus = kit_events::for_producer(&kit_events::url_from_env(), "FLOTILLA_BUS")
         .await
@@ -96,7 +98,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         .grpc(cfg.grpc_listen, grpc_routes.into_axum_router())
         .await?
         .router(api::router(payments))
-        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>().merge(admin))
         .readiness(
             "store",
             Arc::new(move || {

@@ -244,3 +244,55 @@ async fn describes_its_api_in_openapi_on_the_admin_listener() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
     assert!(doc["paths"]["/api/payments/{id}"].is_object(), "{doc}");
 }
+
+#[tokio::test]
+async fn the_admin_api_lists_payments_with_their_captures_page_by_page() {
+    let app = spawn_payments().await;
+    let mut c = app.client().await;
+    let captured = c
+        .authorize(authorize("o-a", "4242424242424242", 2500, "EUR"))
+        .await
+        .unwrap()
+        .into_inner();
+    let cap = CaptureRequest {
+        payment_id: captured.payment_id.clone(),
+        idempotency_key: "k".into(),
+    };
+    c.capture(cap.clone()).await.unwrap();
+    c.capture(cap).await.unwrap();
+    c.authorize(authorize("o-b", "4000000000000002", 900, "EUR"))
+        .await
+        .unwrap();
+
+    let list = |query: String| {
+        let url = format!("{}/admin/payments{query}", app.admin);
+        let http = app.http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Vec<Value>>()
+                .await
+                .unwrap()
+        }
+    };
+    let all = list(String::new()).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let a = all.iter().find(|p| p["order_id"] == "o-a").unwrap();
+    assert_eq!(
+        (&a["status"], &a["amount_cents"], &a["captures"]),
+        (&json!("captured"), &json!(2500), &json!(1)),
+        "a replayed capture is one capture: {a}"
+    );
+    let b = all.iter().find(|p| p["order_id"] == "o-b").unwrap();
+    assert_eq!(
+        (&b["status"], &b["captures"]),
+        (&json!("declined"), &json!(0))
+    );
+
+    let first = list("?limit=1".into()).await;
+    let rest = list(format!("?after={}", first[0]["id"].as_str().unwrap())).await;
+    assert_eq!(first.len() + rest.len(), 2);
+    assert_ne!(first[0]["id"], rest[0]["id"]);
+}

@@ -63,6 +63,24 @@ pub struct Change {
     pub operation: Option<(&'static str, String, i64)>,
 }
 
+/// One payment as an invariant checker reads it: its state and how often it was
+/// captured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct PaymentLine {
+    /// The payment.
+    pub id: String,
+    /// The order it pays for.
+    pub order_id: String,
+    /// Its status (`captured`, `voided`, `refunded`…).
+    pub status: String,
+    /// The amount authorized.
+    pub amount_cents: i64,
+    /// How much of it was refunded.
+    pub refunded_cents: i64,
+    /// Capture operations recorded for it.
+    pub captures: i64,
+}
+
 /// Where payments are kept.
 pub trait Ledger: Send + Sync + 'static {
     /// Records `pending` (status [`Status::Pending`]) unless its order has a payment.
@@ -94,6 +112,12 @@ pub trait Ledger: Send + Sync + 'static {
     );
     /// Checks the backend answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), LedgerError>>;
+    /// Up to `limit` payments in id order, after `after`, with their capture counts.
+    fn lines(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<PaymentLine>, LedgerError>>;
 }
 
 /// Opens the ledger a URL names.

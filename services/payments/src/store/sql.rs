@@ -9,7 +9,7 @@ use kit_events::outbox::OutboxStore;
 use sqlx::FromRow;
 use tokio::sync::Notify;
 
-use super::{Applied, Begin, Change, Ledger, LedgerError};
+use super::{Applied, Begin, Change, Ledger, LedgerError, PaymentLine};
 use crate::domain::{Payment, Status, now_rfc3339};
 
 static SQLITE_MIGRATIONS: &[Migration] = &[
@@ -131,6 +131,24 @@ macro_rules! ledger {
         }
 
         impl Ledger for $name {
+            fn lines(
+                &self,
+                after: Option<String>,
+                limit: u32,
+            ) -> BoxFuture<'_, Result<Vec<PaymentLine>, LedgerError>> {
+                Box::pin(async move {
+                    Ok(sqlx::query_as(
+                        "SELECT p.id, p.order_id, p.status, p.amount_cents, p.refunded_cents, \
+                         (SELECT COUNT(*) FROM operations o WHERE o.payment_id = p.id AND o.kind = 'capture') AS captures \
+                         FROM payments p WHERE p.id > ? ORDER BY p.id LIMIT ?",
+                    )
+                    .bind(after.unwrap_or_default())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?)
+                })
+            }
+
             fn begin(&self, p: Payment, key: String) -> BoxFuture<'_, Result<Begin, LedgerError>> {
                 Box::pin(async move {
                     let inserted = sqlx::query(

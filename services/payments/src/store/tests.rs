@@ -190,6 +190,14 @@ async fn conformance(ledger: Arc<dyn Ledger>) {
     let first: kit_events::Event = serde_json::from_str(&rows[0].payload).unwrap();
     assert_eq!(first.data["orderId"], "o1");
     assert_eq!(first.source, "payments");
+
+    // The admin listing: every payment once, in id order, with its captures.
+    let lines = ledger.lines(None, 100).await.unwrap();
+    assert_eq!(lines.iter().map(|l| l.captures).sum::<i64>(), 2);
+    assert!(lines.windows(2).all(|w| w[0].id < w[1].id));
+    let page = ledger.lines(None, 1).await.unwrap();
+    let rest = ledger.lines(Some(page[0].id.clone()), 100).await.unwrap();
+    assert_eq!(page.len() + rest.len(), lines.len());
 }
 
 #[tokio::test]

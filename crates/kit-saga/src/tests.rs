@@ -303,7 +303,9 @@ async fn a_driven_saga_retries_compensations_until_they_succeed_and_is_stuck_mea
             ..EngineConfig::default()
         },
     );
-    let initial = engine.new_state("s", json!({}));
+    let mut initial = engine.new_state("s", json!({}));
+    // Left by an engine that stopped a minute ago: resumed at once.
+    initial.updated_ms -= 60_000;
     store.sagas.lock().unwrap().insert("s".into(), initial);
     assert_eq!(engine.resume_all().await.unwrap(), 1);
     let mut saw_stuck = false;

@@ -76,6 +76,9 @@ status_of() {
 }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Proportional set size: pages shared by several processes (the one flotilla binary's
+# code, shared libraries) count once in the sum, split between them.
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 
 
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
@@ -86,6 +89,7 @@ fi
 
 TIMES=()
 TOTALS=()
+PSS_TOTALS=()
 LEFTOVER=0
 BREAKDOWN=""
 for ((run = 1; run <= RUNS; run++)); do
@@ -122,22 +126,26 @@ for ((run = 1; run <= RUNS; run++)); do
     mapfile -t rows < <(jq -r '.[] | .name as $n | .instances[] | "\($n) \(.metadata.pid)"' <<<"$services")
     CHILDREN=($(pgrep -P "$UP_PID" || true))
     total=$(rss_kb "$UP_PID")
+    pss=$(pss_kb "$UP_PID")
     BREAKDOWN="supervisor (\`flotilla up\`) $((total / 1024)) MB"
     for r in "${rows[@]}"; do
         name=${r% *}; pid=${r#* }
         kb=$(rss_kb "$pid")
         total=$((total + kb))
+        pss=$((pss + $(pss_kb "$pid")))
         BREAKDOWN+=", $name $((kb / 1024)) MB"
     done
     TOTALS+=("$total")
+    PSS_TOTALS+=("$pss")
     if ! stop_up; then LEFTOVER=$((LEFTOVER + 1)); log "run $run: processes survived SIGINT and were killed"; fi
-    log "run $run: up in ${ms} ms; idle RSS $((total / 1024)) MB (${#rows[@]} registered processes + supervisor)"
+    log "run $run: up in ${ms} ms; idle RSS $((total / 1024)) MB, PSS $((pss / 1024)) MB (${#rows[@]} registered processes + supervisor)"
 done
 
 min_ms=$(printf '%s\n' "${TIMES[@]}" | sort -n | head -1)
 med_ms=$(printf '%s\n' "${TIMES[@]}" | median)
 med_kb=$(printf '%s\n' "${TOTALS[@]}" | median)
 max_kb=$(printf '%s\n' "${TOTALS[@]}" | sort -n | tail -1)
+pss_med_kb=$(printf '%s\n' "${PSS_TOTALS[@]}" | median)
 verdict() { awk -v v="$1" -v g="$2" 'BEGIN {print (v < g) ? "met" : "**missed**"}'; }
 
 SECTION="$TMP/section.md"
@@ -155,6 +163,7 @@ SECTION="$TMP/section.md"
     echo "| start-up, median | $med_ms ms | < 3000 ms | $(verdict "$med_ms" 3000) |"
     printf '| idle RSS, median | %.1f MB | < 150 MB | %s |\n' "$(awk -v k="$med_kb" 'BEGIN {print k / 1024}')" "$(verdict "$med_kb" $((150 * 1024)))"
     printf '| idle RSS, max | %.1f MB | < 150 MB | %s |\n' "$(awk -v k="$max_kb" 'BEGIN {print k / 1024}')" "$(verdict "$max_kb" $((150 * 1024)))"
+    printf '| idle PSS, median (shared pages counted once) | %.1f MB | — | |\n' "$(awk -v k="$pss_med_kb" 'BEGIN {print k / 1024}')"
     echo
     echo "All start-up times (ms): ${TIMES[*]}. Last run's breakdown: $BREAKDOWN."
     if ((LEFTOVER)); then

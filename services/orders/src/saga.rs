@@ -6,8 +6,11 @@
 //! `NOT_FOUND`…) fail the step at once. After the pivot (`confirm_order`) the capture
 //! must happen, so every capture error is retried.
 //!
-//! The card is kept in memory only ([`CardVault`]) until `authorize_payment` has a
-//! definite answer: card data is never written to orders' database. A saga resumed
+//! The card is kept in memory only ([`CardVault`]) until `authorize_payment`'s answer
+//! is saved (the saga moves on to `confirm_order`, or compensates): card data is never
+//! written to orders' database. It is not dropped at the answer itself: if saving that
+//! answer loses to a cancel, the step runs again, and the idempotent call needs the
+//! card again to return the first result. A saga resumed
 //! after a restart before it authorized cannot authorize, and is cancelled with
 //! reason `payment_details_lost`.
 
@@ -181,13 +184,12 @@ impl OrderSteps {
             }
             Err(s) => Err(from_status(s)),
         };
-        if !matches!(result, Err(StepError::Retryable(_))) {
-            self.cards.forget(order_id);
-        }
         result
     }
 
     async fn confirm(&self, call: &Call<'_>) -> Result<Value, StepError> {
+        // Authorization's answer is saved: the card is not needed any more.
+        self.cards.forget(&call.saga.id);
         self.clients
             .inventory()
             .await
@@ -220,6 +222,7 @@ impl OrderSteps {
     }
 
     async fn release(&self, call: &Call<'_>) -> Result<(), StepError> {
+        self.cards.forget(&call.saga.id);
         self.clients
             .inventory()
             .await
@@ -233,6 +236,7 @@ impl OrderSteps {
     }
 
     async fn void(&self, call: &Call<'_>) -> Result<(), StepError> {
+        self.cards.forget(&call.saga.id);
         let payment_id = payment_id(call)?;
         self.clients
             .payments()

@@ -170,7 +170,7 @@ impl OrderSteps {
                 idempotency_key: call.key.clone(),
             })
             .await;
-        let result = match outcome {
+        match outcome {
             Ok(p) => {
                 let p = p.into_inner();
                 if p.status == pay::PaymentStatus::Authorized as i32 {
@@ -183,8 +183,7 @@ impl OrderSteps {
                 }
             }
             Err(s) => Err(from_status(s)),
-        };
-        result
+        }
     }
 
     async fn confirm(&self, call: &Call<'_>) -> Result<Value, StepError> {

@@ -250,7 +250,8 @@ fn choose_victim(
     Some((name.to_owned(), id.to_owned(), pid))
 }
 
-/// Polls the registry until `service` has a healthy instance other than `pid`; how long
+/// Polls the registry until `service` has a healthy instance other than `pid` whose
+/// process is alive (a killed instance stays listed until its lease runs out); how long
 /// that took from `since`, or `None` past [`RECOVERY_TIMEOUT`].
 async fn back_after(
     registry: RegistryClient,
@@ -264,7 +265,7 @@ async fn back_after(
                 s.name == service
                     && s.instances
                         .iter()
-                        .any(|i| i.healthy && pid_of(i).is_some_and(|p| p != pid))
+                        .any(|i| i.healthy && pid_of(i).is_some_and(|p| p != pid && alive(p)))
             })
         {
             return Some(since.elapsed());
@@ -577,6 +578,12 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
     let mut recoveries = striker.recoveries.join_all().await;
     recoveries.sort_by_key(|(n, _)| *n);
     let recovery = recovered(&mut actions, &recoveries);
+    for a in actions.iter().filter(|a| a.what.starts_with("SIGKILL")) {
+        let back = a
+            .back_after_s
+            .map_or_else(|| "not back".to_owned(), |s| format!("back after {s:.2} s"));
+        println!("{:>6.1}s  {:<13}  killed, {back}", a.at_s, a.target);
+    }
     if kills > 0 {
         findings.push(Finding {
             invariant: "every instance killed was restarted and healthy again",

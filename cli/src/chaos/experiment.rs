@@ -96,6 +96,8 @@ struct Action {
     target: String,
     /// What was done, or why nothing was.
     what: String,
+    /// An instance was killed.
+    killed: bool,
     /// For a kill: seconds until the service had a healthy instance again.
     #[serde(skip_serializing_if = "Option::is_none")]
     back_after_s: Option<f64>,
@@ -340,6 +342,7 @@ impl Striker {
             experiment: e,
             target: "-".into(),
             what: String::new(),
+            killed: false,
             back_after_s: None,
         };
         match self.registry.services().await {
@@ -380,6 +383,7 @@ impl Striker {
         match killed {
             Ok(()) => {
                 action.what = format!("SIGKILL {id} (pid {pid})");
+                action.killed = true;
                 let n = self.kills;
                 self.kills += 1;
                 let registry = self.registry.clone();
@@ -571,14 +575,11 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
         invariant: "error budget: the load's requests failed (5xx, no answer; not 429) within the budget",
         verdict: budget(&report, args.max_error_rate),
     });
-    let kills = actions
-        .iter()
-        .filter(|a| a.what.starts_with("SIGKILL"))
-        .count();
+    let kills = actions.iter().filter(|a| a.killed).count();
     let mut recoveries = striker.recoveries.join_all().await;
     recoveries.sort_by_key(|(n, _)| *n);
     let recovery = recovered(&mut actions, &recoveries);
-    for a in actions.iter().filter(|a| a.what.starts_with("SIGKILL")) {
+    for a in actions.iter().filter(|a| a.killed) {
         let back = a
             .back_after_s
             .map_or_else(|| "not back".to_owned(), |s| format!("back after {s:.2} s"));
@@ -657,7 +658,7 @@ fn budget(report: &Report, max_percent: f64) -> Verdict {
 fn recovered(actions: &mut [Action], recoveries: &[(usize, Option<Duration>)]) -> Verdict {
     let mut times = Vec::new();
     let mut bad = Vec::new();
-    let kills = actions.iter_mut().filter(|a| a.what.starts_with("SIGKILL"));
+    let kills = actions.iter_mut().filter(|a| a.killed);
     for (action, (_, back)) in kills.zip(recoveries) {
         match back {
             Some(d) => {
@@ -764,6 +765,7 @@ mod tests {
 
     fn action(what: &str) -> Action {
         Action {
+            killed: what.starts_with("SIGKILL"),
             at_s: 1.0,
             experiment: Experiment::Kill,
             target: "orders".into(),

@@ -314,7 +314,7 @@ pub fn verify(args: Verify) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(findings(args.bus.as_deref(), args.deadline)) {
         Ok(findings) => {
             print(&findings);
             ExitCode::from(exit_code(&findings))
@@ -475,20 +475,22 @@ async fn observe(
     ])
 }
 
-async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
+/// Judges every invariant, waiting up to `deadline` for what is still settling; an error
+/// when the system could not be read by then. `bus` as `--bus`.
+pub async fn findings(bus: Option<&str>, deadline: Duration) -> anyhow::Result<Vec<Finding>> {
     // Admin listeners take plain HTTP on loopback.
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let deadline = tokio::time::Instant::now() + args.deadline;
+    let deadline = tokio::time::Instant::now() + deadline;
     let mut reading = Reading::default();
     loop {
         let past = tokio::time::Instant::now() >= deadline;
         // A service just killed is restarting, orders in flight settle, lagging groups
         // catch up, the sweeper expires reservations: wait for them until the deadline
         // (a dead letter stays one).
-        match observe(args.bus.as_deref(), &http, &mut reading).await {
+        match observe(bus, &http, &mut reading).await {
             Ok(mut findings) => {
                 let settling = findings[..5]
                     .iter()
@@ -505,7 +507,8 @@ async fn run(args: Verify) -> anyhow::Result<Vec<Finding>> {
     }
 }
 
-fn print(findings: &[Finding]) {
+/// Prints a verdict per finding.
+pub fn print(findings: &[Finding]) {
     for f in findings {
         match &f.verdict {
             Verdict::Holds(what) => println!("holds        {}\n             {what}", f.invariant),

@@ -225,15 +225,21 @@ impl System {
 
     /// Records the pids of every registered instance (checked at stop).
     pub async fn remember_pids(&mut self) {
-        let all: Value = self
-            .operator
-            .get(format!("{}/v1/services", self.registry))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        // A connection kept from before a registry restart fails once: ask again.
+        let mut attempts = 0;
+        let all: Value = loop {
+            attempts += 1;
+            let answer = self
+                .operator
+                .get(format!("{}/v1/services", self.registry))
+                .send()
+                .await;
+            match answer {
+                Ok(r) => break r.json().await.unwrap(),
+                Err(e) if attempts >= 5 => panic!("the registry does not answer: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
         for s in all.as_array().unwrap() {
             for i in s["instances"].as_array().unwrap() {
                 if let Some(pid) = i["metadata"]["pid"].as_str().and_then(|p| p.parse().ok())

@@ -1,6 +1,7 @@
 //! Whole-system tests: start the real `flotilla` binary and talk HTTP to the gateway.
 
 mod chaos;
+mod chaos_run;
 mod dns;
 mod fleet;
 mod harness;

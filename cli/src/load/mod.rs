@@ -27,7 +27,9 @@ use tokio::time::Instant;
 use scenario::{Mix, Scenario};
 use schedule::Schedule;
 use shop::{Setup, Shop};
-use stats::{Recorder, Report, Run};
+use stats::{Recorder, Run};
+
+pub use stats::Report;
 
 /// `flotilla load …`
 #[derive(Debug, clap::Args)]
@@ -74,8 +76,57 @@ pub fn load(args: Load) -> ExitCode {
 }
 
 async fn run(args: Load) -> anyhow::Result<()> {
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = generate(&args, true, stop, |_| {}).await?;
+    print!("{}", report.table());
+    write_report(&args.report, &report)?;
+    println!(
+        "\nreport: {} and {}",
+        args.report.join("report.json").display(),
+        args.report.join("chart.svg").display()
+    );
+    if report.ok == 0 {
+        bail!("no request succeeded");
+    }
+    Ok(())
+}
+
+impl Load {
+    /// Where `report.json` and `chart.svg` go.
+    pub fn report_dir(&self) -> &std::path::Path {
+        &self.report
+    }
+
+    /// Arrivals per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// How long arrivals are issued.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// The gateway the load goes to.
+    pub fn gateway(&self) -> &str {
+        self.gateway.trim_end_matches('/')
+    }
+}
+
+/// Sets up and runs the load `args` describe until its schedule ends or `stop`
+/// resolves, and returns what it measured (printing nothing but the progress bar, shown
+/// with `progress_bar` on a terminal). `started` hears when the first arrival is due,
+/// once set-up is done.
+pub async fn generate(
+    args: &Load,
+    progress_bar: bool,
+    stop: impl std::future::Future<Output = ()>,
+    started: impl FnOnce(Instant),
+) -> anyhow::Result<Report> {
     let schedule = Schedule::new(args.rate, args.duration).map_err(anyhow::Error::msg)?;
-    let mix = args.scenario;
+    let mix = args.scenario.clone();
     if mix.needs_users() && args.users == 0 {
         bail!("the mix {mix} acts as virtual users: --users must be at least 1");
     }
@@ -103,6 +154,7 @@ async fn run(args: Load) -> anyhow::Result<()> {
 
     let recorder = Arc::new(Mutex::new(Recorder::default()));
     let start = Instant::now();
+    started(start);
     let shop = Arc::new(Shop::new(
         http,
         base.clone(),
@@ -111,11 +163,14 @@ async fn run(args: Load) -> anyhow::Result<()> {
         recorder.clone(),
         start,
     ));
-    let bar = progress(schedule.len());
+    let bar = if progress_bar {
+        progress(schedule.len())
+    } else {
+        ProgressBar::hidden()
+    };
     let ticker = tokio::spawn(live(bar.clone(), recorder.clone(), start));
 
     let in_flight = Arc::new(Semaphore::new(args.max_in_flight));
-    let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     let mut interrupted = false;
     for n in 0..schedule.len() {
@@ -171,21 +226,11 @@ async fn run(args: Load) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         started_at: humantime::format_rfc3339_seconds(SystemTime::now() - elapsed).to_string(),
     };
-    let report = recorder.lock().expect("recorder lock").report(run, elapsed);
-    print!("{}", report.table());
-    write_report(&args.report, &report)?;
-    println!(
-        "\nreport: {} and {}",
-        args.report.join("report.json").display(),
-        args.report.join("chart.svg").display()
-    );
-    if report.ok == 0 {
-        bail!("no request succeeded");
-    }
-    Ok(())
+    Ok(recorder.lock().expect("recorder lock").report(run, elapsed))
 }
 
-fn write_report(dir: &std::path::Path, report: &Report) -> anyhow::Result<()> {
+/// Writes `report.json` and `chart.svg` into `dir`.
+pub fn write_report(dir: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = serde_json::to_vec_pretty(report)?;
     std::fs::write(dir.join("report.json"), json)

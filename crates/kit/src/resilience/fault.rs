@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::errors::Problem;
+use crate::security::mtls::PeerIdentity;
 
 /// One fault rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
@@ -49,7 +50,8 @@ pub struct FaultRule {
     #[garde(length(max = 256))]
     #[serde(default)]
     pub route: Option<String>,
-    /// Only requests from this caller (the `x-flotilla-caller` header).
+    /// Only requests from this caller: the service its mTLS certificate names, else the
+    /// `x-flotilla-caller` header (plain-text internal traffic).
     #[garde(length(max = 64))]
     #[serde(default)]
     pub caller: Option<String>,
@@ -149,16 +151,25 @@ fn decide(path: &str, caller: Option<&str>) -> Option<Decision> {
     Some((delay, abort))
 }
 
+/// Who sent `req`: the service of its verified mTLS identity, else the caller header.
+/// Every internal call carries the identity, so a rule for one caller (a partition) cuts
+/// off all its calls, gRPC, HTTP, registry and bus alike.
+fn caller(req: &Request) -> Option<&str> {
+    match req.extensions().get::<PeerIdentity>() {
+        Some(peer) => Some(peer.0.service()),
+        None => req
+            .headers()
+            .get(CALLER_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    }
+}
+
 /// Middleware: applies the fault rules (one atomic load when there are none).
 pub async fn inject(req: Request, next: Next) -> Response {
     if !faults().on.load(Ordering::Acquire) {
         return next.run(req).await;
     }
-    let caller = req
-        .headers()
-        .get(CALLER_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if let Some((delay, abort)) = decide(req.uri().path(), caller) {
+    if let Some((delay, abort)) = decide(req.uri().path(), caller(&req)) {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
@@ -287,6 +298,34 @@ mod tests {
             ..rule()
         }]);
         assert_eq!(call(true).await.unwrap().headers()["grpc-status"], "4");
+
+        // A caller rule matches the mTLS identity of the peer, header or not.
+        set(vec![FaultRule {
+            route: None,
+            caller: Some("orders".into()),
+            ..rule()
+        }]);
+        let from = |peer: &str, header: Option<&str>| {
+            let mut b = http::Request::post("/flotilla.payments.v1.Payments/Authorize");
+            if let Some(h) = header {
+                b = b.header(CALLER_HEADER, h);
+            }
+            let mut req = b.body(axum::body::Body::empty()).unwrap();
+            let id = crate::security::mtls::SpiffeId::new(
+                crate::security::mtls::DEFAULT_TRUST_DOMAIN,
+                peer,
+            )
+            .unwrap();
+            req.extensions_mut().insert(PeerIdentity(id));
+            tower::ServiceExt::oneshot(app.clone(), req)
+        };
+        assert_eq!(from("orders", None).await.unwrap().status(), 503);
+        assert_eq!(from("gateway", None).await.unwrap().status(), 200);
+        assert_eq!(
+            from("gateway", Some("orders")).await.unwrap().status(),
+            200,
+            "the verified identity wins over the header"
+        );
         set(Vec::new());
         assert!(!faults().on.load(Ordering::Acquire));
     }

@@ -1,5 +1,9 @@
 //! `flotilla chaos`: break things on purpose, to watch the resilience patterns work.
-//! Faults are set through each instance's admin API (`PUT /admin/faults`).
+//! Faults are set through each instance's admin API (`PUT /admin/faults`);
+//! `chaos run` runs a whole experiment under load and judges it ([`experiment`]).
+
+mod experiment;
+mod plan;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,11 +62,18 @@ pub enum Chaos {
         /// The service.
         service: String,
     },
+    /// Run an experiment under load with a steady-state hypothesis: healthy before, the
+    /// load within its error budget, every instance struck back, and `verify`'s
+    /// invariants holding after. Exits 1 on any violation.
+    Run(Box<experiment::RunArgs>),
 }
 
 /// Runs a chaos command.
 pub fn chaos(cmd: Chaos) -> ExitCode {
-    crate::block_on("chaos", run(cmd))
+    match cmd {
+        Chaos::Run(args) => experiment::run(*args),
+        cmd => crate::block_on("chaos", run(cmd)),
+    }
 }
 
 fn millis(text: &str) -> anyhow::Result<u64> {
@@ -204,6 +215,7 @@ async fn run(cmd: Chaos) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot kill pid {pid}"))?;
             println!("killed {} (pid {pid})", victim.id);
         }
+        Chaos::Run(_) => unreachable!("run by experiment::run"),
     }
     Ok(())
 }

@@ -362,6 +362,16 @@ async fn a_split_sends_its_share_headers_pick_a_version_and_users_stick() {
         "the user flipped: canary {c}, stable {s}"
     );
 
+    // Only the operator may reroute: a service's certificate is refused.
+    let res = sys
+        .as_gateway
+        .put(format!("{}/v1/services/inventory/traffic", sys.registry))
+        .json(&json!({"split": {"canary": 100}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
     let cleared = sys.cli(&["traffic", "inventory", "--clear"]);
     assert!(cleared.contains("removed"), "{cleared}");
 }

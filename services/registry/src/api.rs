@@ -8,12 +8,13 @@ use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::{Json as AxJson, Router};
+use axum::{Extension, Json as AxJson, Router};
 use garde::Validate;
 use kit::Problem;
 use kit::discovery::registry::{INDEX_HEADER, RegisterRequest};
 use kit::discovery::traffic::TrafficPolicy;
 use kit::extract::{Json, Query};
+use kit::security::mtls::PeerIdentity;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -211,12 +212,29 @@ async fn traffic(
     }
 }
 
+/// Traffic rules move every client's calls, so only the operator (the `flotilla`
+/// commands, `up`) may change them; services may register and read, not reroute. A
+/// request without a peer identity only gets here with internal mTLS switched off.
+fn operator_only(peer: Option<&PeerIdentity>) -> Result<(), Problem> {
+    match peer {
+        Some(p) if p.0.service() != kit::security::mtls::OPERATOR => {
+            Err(Problem::forbidden(format!(
+                "{} may not change traffic rules; only the operator may",
+                p.0.service()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn set_traffic(
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
+    peer: Option<Extension<PeerIdentity>>,
     Json(body): Json<TrafficBody>,
 ) -> Result<Response, Problem> {
     valid_name(&name)?;
+    operator_only(peer.as_deref())?;
     let rules = body.0;
     let changed = state.update(|r| {
         let changed = r.set_traffic(&name, Some(rules.clone()));
@@ -231,8 +249,10 @@ async fn set_traffic(
 async fn clear_traffic(
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
+    peer: Option<Extension<PeerIdentity>>,
 ) -> Result<StatusCode, Problem> {
     valid_name(&name)?;
+    operator_only(peer.as_deref())?;
     let changed = state.update(|r| {
         let changed = r.set_traffic(&name, None);
         (changed, changed)

@@ -202,3 +202,51 @@ async fn bad_input_gets_problem_documents() {
     assert_eq!(res.status(), 405);
     r.stop.stop().await;
 }
+
+#[tokio::test]
+async fn traffic_rules_are_validated_served_with_the_service_and_removed() {
+    let r = spawn_registry_in(tempfile::tempdir().unwrap()).await;
+    let url = format!("{}/v1/services/inventory/traffic", r.base);
+    let bad = r
+        .http
+        .put(&url)
+        .json(&json!({"split": {"stable": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    assert_eq!(bad.headers()["content-type"], "application/problem+json");
+    let unknown = r
+        .http
+        .put(&url)
+        .json(&json!({"split": {"stable": 1}, "weights": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert!(unknown.status().is_client_error(), "{}", unknown.status());
+
+    let rules = json!({"split": {"stable": 90, "canary": 10}, "sticky": true});
+    let ok = r.http.put(&url).json(&rules).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let entry: ServiceEntry = r.client.service("inventory", None).await.unwrap();
+    let traffic = entry.traffic.expect("served with the service");
+    assert_eq!(traffic.split["canary"], 10);
+    assert!(traffic.sticky);
+    assert_eq!(traffic.header, "x-flotilla-version");
+
+    // A watcher wakes when the rules change.
+    let watch = {
+        let client = r.client.clone();
+        let index = entry.index;
+        tokio::spawn(async move { client.service("inventory", Some(index)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gone = r.http.delete(&url).send().await.unwrap();
+    assert_eq!(gone.status(), 204);
+    let woken = tokio::time::timeout(Duration::from_secs(5), watch)
+        .await
+        .expect("the watcher woke")
+        .unwrap();
+    assert_eq!(woken.traffic, None);
+    assert_eq!(r.http.get(&url).send().await.unwrap().status(), 404);
+}

@@ -222,6 +222,11 @@ pub enum Event {
         reply: oneshot::Sender<anyhow::Result<(u64, u32)>>,
     },
     Adopt(u64),
+    /// A stopping instance's drain time is over: kill it if it still runs.
+    Overdue {
+        id: u64,
+        pid: u32,
+    },
     Stop {
         id: u64,
         reply: oneshot::Sender<()>,
@@ -567,6 +572,15 @@ impl Supervisor {
                 }
             }
             Event::Stop { id, reply } => self.stop_one(id, reply),
+            Event::Overdue { id, pid } => {
+                if self.proc(id).is_some_and(|p| p.pid == Some(pid)) {
+                    let name = self.proc(id).map_or("?", |p| p.service);
+                    self.out.line(&format!(
+                        "{name} (pid {pid}) did not stop in time; killing it"
+                    ));
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
             Event::List { service, reply } => {
                 let views = self
                     .procs
@@ -652,10 +666,12 @@ impl Supervisor {
         };
         proc.stopping.get_or_insert_with(Vec::new).push(reply);
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        // A service that does not stop within its drain is killed.
+        // A service that does not stop within its drain is killed (by the supervisor,
+        // which knows whether that pid is still this instance's).
+        let events = self.events.clone();
         tokio::spawn(async move {
             tokio::time::sleep(STOP_TIMEOUT).await;
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = events.send(Event::Overdue { id, pid });
         });
     }
 

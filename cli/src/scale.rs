@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -48,8 +49,8 @@ pub struct Rollout {
     #[arg(long, default_value_t = 0)]
     max_unavailable: usize,
     /// How long a new instance may take to become ready before the rollout stops.
-    #[arg(long, default_value = "30s")]
-    ready_timeout: String,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
     /// Go back to what ran before the last rollout.
     #[arg(long, conflicts_with_all = ["binary", "version", "canary"])]
     undo: bool,
@@ -65,8 +66,8 @@ pub struct Rollout {
     )]
     steps: Vec<u32>,
     /// How long each canary step runs before it is judged.
-    #[arg(long, default_value = "30s", requires = "canary")]
-    interval: String,
+    #[arg(long, default_value = "30s", requires = "canary", value_parser = humantime::parse_duration)]
+    interval: Duration,
     /// Roll back when the canary's 5xx rate exceeds the stable version's by more than
     /// this many percentage points.
     #[arg(long, default_value = "1%", requires = "canary")]
@@ -102,7 +103,7 @@ fn plan(cmd: Rollout) -> anyhow::Result<RolloutPlan> {
     let canary = if cmd.canary {
         Some(CanaryPlan {
             steps: cmd.steps,
-            interval_ms: millis(&cmd.interval, "--interval")?,
+            interval_ms: millis(cmd.interval),
             max_error_rate: percent(&cmd.max_error_rate)?,
             max_p99_ratio: cmd.max_p99_ratio,
         })
@@ -115,16 +116,14 @@ fn plan(cmd: Rollout) -> anyhow::Result<RolloutPlan> {
         version: cmd.version,
         max_surge: cmd.max_surge,
         max_unavailable: cmd.max_unavailable,
-        ready_timeout_ms: millis(&cmd.ready_timeout, "--ready-timeout")?,
+        ready_timeout_ms: millis(cmd.ready_timeout),
         undo: cmd.undo,
         canary,
     })
 }
 
-fn millis(text: &str, flag: &str) -> anyhow::Result<u64> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|_| anyhow::anyhow!("{flag} takes a duration like 30s, not {text:?}"))?;
-    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `1%`, `0.5%` or `1` (percentage points) as a fraction.
@@ -154,12 +153,20 @@ mod tests {
         assert_eq!(percent("0.5").unwrap(), 0.005);
         assert!(percent("lots").unwrap_err().to_string().contains("1%"));
         assert!(percent("150%").is_err());
-        assert_eq!(millis("2s", "--interval").unwrap(), 2000);
-        assert!(
-            millis("soon", "--interval")
-                .unwrap_err()
-                .to_string()
-                .contains("--interval")
-        );
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            rollout: Rollout,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(
+                ["flotilla", "orders", "--canary"].iter().chain(args),
+            )
+        };
+        let plan = plan(parse(&["--interval", "2s"]).unwrap().rollout).unwrap();
+        assert_eq!(plan.canary.unwrap().interval_ms, 2000);
+        assert_eq!(plan.ready_timeout_ms, 30_000);
+        let err = parse(&["--interval", "soon"]).err().unwrap().to_string();
+        assert!(err.contains("--interval"), "{err}");
     }
 }

@@ -333,8 +333,9 @@ impl Fleet {
         if replicas == 0 && spec == specs_now.current {
             bail!("{service} needs at least one instance of its current version");
         }
+        let total_now = running.len();
         let mut mine: Vec<View> = running.into_iter().filter(|v| v.spec == spec).collect();
-        let total_after = self.running(service).await?.len() - mine.len() + replicas;
+        let total_after = total_now - mine.len() + replicas;
         if total_after > MAX_REPLICAS {
             bail!("at most {MAX_REPLICAS} instances of one service on one machine");
         }

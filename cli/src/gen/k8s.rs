@@ -251,6 +251,11 @@ spec:
     metadata:
       labels:
         {LABEL}: {name}
+      # Prometheus scrapes the admin listener (plain HTTP): deploy/observability.
+      annotations:
+        prometheus.io/scrape: "true"
+        prometheus.io/port: "{admin}"
+        prometheus.io/path: /metrics
     spec:
       serviceAccountName: {name}
       automountServiceAccountToken: false
@@ -278,6 +283,7 @@ spec:
           ports:
 "#,
         replicas = m.replicas,
+        admin = m.ports.admin,
         selector = selector(name, 4),
         spread = selector(name, 12),
     );

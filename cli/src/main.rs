@@ -10,6 +10,7 @@ mod bus;
 mod chaos;
 mod r#gen;
 mod load;
+mod profile;
 mod scale;
 mod services;
 mod status;
@@ -29,6 +30,16 @@ use clap::{Parser, Subcommand};
     about = "The Flotilla microservices system"
 )]
 struct Cli {
+    /// Which servers the system runs on: `embedded` (nothing to install) or `infra`
+    /// (PostgreSQL, MariaDB, Redis, NATS, etcd: `flotilla.infra.toml`).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_PROFILE",
+        value_enum,
+        default_value_t
+    )]
+    profile: profile::Profile,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +92,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let data_dir = match &cli.command {
+        Command::Up { data_dir, .. } => data_dir.clone(),
+        _ => std::env::var_os("FLOTILLA_DATA_DIR")
+            .map_or_else(|| PathBuf::from(".flotilla"), PathBuf::from),
+    };
+    if let Err(e) = profile::apply(cli.profile, &data_dir) {
+        eprintln!("flotilla: --profile {:?}: {e:#}", cli.profile);
+        return ExitCode::from(kit::config::EX_USAGE as u8);
+    }
     // One TLS provider (ring) for every client this process builds, mTLS or not.
     kit::security::mtls::install_crypto_provider();
     // These talk to the registry and the bus, which only take callers with a

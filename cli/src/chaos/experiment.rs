@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::plan::{self, Experiment, Interval};
+use super::store;
 use crate::load::{self, Load, Report};
 use crate::services::NAMES;
 use crate::status::registry_url;
@@ -70,6 +71,18 @@ pub struct RunArgs {
     /// How long `verify` waits afterwards for sagas in flight to settle.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     verify_deadline: Duration,
+    /// `store-restart` restarts only these servers (`nats,redis`; of postgresql,
+    /// mariadb, redis, nats, etcd). By default any the configuration runs on.
+    #[arg(long, value_delimiter = ',')]
+    store: Vec<String>,
+    /// How `store-restart` restarts a server: this command, given `--kill` (with
+    /// `--store-kill`) and the server's name, must return once it accepts connections.
+    #[arg(long, default_value = "deploy/infra/restart-server.sh")]
+    restart_with: String,
+    /// `store-restart` SIGKILLs the server instead of stopping it cleanly: it recovers
+    /// from its own files, as after a crash.
+    #[arg(long)]
+    store_kill: bool,
     /// Seed of the schedule and the choice of targets, to repeat a run (random if absent;
     /// printed either way).
     #[arg(long)]
@@ -139,16 +152,9 @@ struct ChaosReport<'a> {
 
 /// Runs `flotilla chaos run`.
 pub fn run(args: RunArgs) -> ExitCode {
-    if let Some(why) = plan::refusal(&args.experiments) {
-        eprintln!("flotilla chaos run: {why}");
-        return ExitCode::from(kit::config::EX_USAGE as u8);
-    }
-    if args.experiments.contains(&Experiment::BusRestart)
-        && std::env::var("FLOTILLA_BUS").is_ok_and(|b| b.starts_with("nats://"))
-    {
-        eprintln!(
-            "flotilla chaos run: bus-restart kills the embedded bus; with NATS (FLOTILLA_BUS=nats://…) restarting the NATS server needs the infra profile"
-        );
+    let config = kit::config::Config::load();
+    if let Err(why) = refusal(&args, &config) {
+        eprintln!("flotilla chaos run: {why:#}");
         return ExitCode::from(kit::config::EX_USAGE as u8);
     }
     crate::block_on("chaos run", async {
@@ -163,6 +169,40 @@ pub fn run(args: RunArgs) -> ExitCode {
         println!("\nverdict: the steady-state hypothesis holds");
         Ok(())
     })
+}
+
+/// Why these experiments cannot run on this configuration.
+fn refusal(args: &RunArgs, config: &kit::config::Config) -> anyhow::Result<()> {
+    let embedded_bus = kit::store::scheme(&kit_events::url_from_config(config)) == "bus";
+    if args.experiments.contains(&Experiment::BusRestart) && !embedded_bus {
+        anyhow::bail!(
+            "bus-restart kills the embedded bus, and this system runs on NATS: \
+             `store-restart --store nats` restarts the NATS server"
+        );
+    }
+    if args.experiments.contains(&Experiment::StoreRestart) {
+        let servers = store::servers(config)?;
+        if servers.is_empty() {
+            anyhow::bail!(
+                "store-restart restarts the real PostgreSQL, MariaDB, Redis, NATS and etcd \
+                 servers, so it needs the infra profile (`--profile infra`); on the embedded \
+                 profile every store lives inside its service's process, and `kill` already \
+                 restarts it"
+            );
+        }
+        if let Some(unknown) = args
+            .store
+            .iter()
+            .find(|s| !servers.iter().any(|srv| srv.kind == s.as_str()))
+        {
+            let known: Vec<_> = servers.iter().map(|s| s.kind).collect();
+            anyhow::bail!(
+                "--store {unknown}: this system runs on {}",
+                known.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether a process exists.
@@ -189,11 +229,16 @@ fn unhealthy(services: &[ServiceEntry], names: &[&str]) -> Vec<String> {
 
 /// Every service has a healthy instance and the gateway serves the catalog, three
 /// times in a row; waits up to [`STEADY_TIMEOUT`] for it.
-async fn steady_state(registry: &RegistryClient, http: &reqwest::Client, gateway: &str) -> Verdict {
+async fn steady_state(
+    registry: &RegistryClient,
+    http: &reqwest::Client,
+    gateway: &str,
+    names: &[&str],
+) -> Verdict {
     let deadline = Instant::now() + STEADY_TIMEOUT;
     loop {
         let mut bad = match registry.services().await {
-            Ok(services) => unhealthy(&services, NAMES),
+            Ok(services) => unhealthy(&services, names),
             Err(e) => vec![format!("the registry did not answer: {e}")],
         };
         if bad.is_empty() {
@@ -212,7 +257,7 @@ async fn steady_state(registry: &RegistryClient, http: &reqwest::Client, gateway
         if bad.is_empty() {
             return Verdict::Holds(format!(
                 "all {} services have a healthy instance; the gateway served the catalog 3 times",
-                NAMES.len()
+                names.len()
             ));
         }
         if Instant::now() >= deadline {
@@ -332,6 +377,10 @@ struct Striker {
     /// Each kill's recovery, by the kill's number.
     recoveries: JoinSet<(usize, Option<Duration>)>,
     kills: usize,
+    /// The servers `store-restart` picks from.
+    stores: Vec<store::Server>,
+    restart_with: String,
+    store_kill: bool,
 }
 
 impl Striker {
@@ -345,21 +394,10 @@ impl Striker {
             killed: false,
             back_after_s: None,
         };
-        match self.registry.services().await {
-            Err(err) => action.what = format!("skipped: the registry did not answer ({err})"),
-            Ok(services) => match e {
-                Experiment::Kill | Experiment::BusRestart => {
-                    let pool = if e == Experiment::Kill {
-                        self.kill_pool.clone()
-                    } else {
-                        vec!["bus"]
-                    };
-                    self.kill(&services, &pool, &mut action);
-                }
-                Experiment::Fault => self.fault(&services, &mut action).await,
-                Experiment::Partition => self.partition(&services, &mut action).await,
-                Experiment::StoreRestart => unreachable!("refused before the run"),
-            },
+        if e == Experiment::StoreRestart {
+            self.restart_store(&mut action).await;
+        } else {
+            self.strike_services(e, &mut action).await;
         }
         println!(
             "{:>6.1}s  {:<11}  {:<13}  {}",
@@ -369,6 +407,52 @@ impl Striker {
             action.what
         );
         actions.push(action);
+    }
+
+    /// Restarts one of the servers, and waits until it is back.
+    async fn restart_store(&mut self, action: &mut Action) {
+        if self.stores.is_empty() {
+            action.what = "skipped: no server to restart".into();
+            return;
+        }
+        let server = self.stores[self.rng.random_range(0..self.stores.len())].clone();
+        action.target = server.kind.into();
+        match store::restart(&self.restart_with, server.kind, self.store_kill).await {
+            Ok(took) => {
+                action.what = format!(
+                    "{} and back in {:.1}s (used by {})",
+                    if self.store_kill {
+                        "SIGKILL"
+                    } else {
+                        "restarted"
+                    },
+                    took.as_secs_f64(),
+                    server.used_by.join(", ")
+                );
+                action.back_after_s = Some((took.as_secs_f64() * 10.0).round() / 10.0);
+            }
+            Err(why) => action.what = format!("restart failed: {why}"),
+        }
+    }
+
+    /// Kills, faults or partitions a service.
+    async fn strike_services(&mut self, e: Experiment, action: &mut Action) {
+        match self.registry.services().await {
+            Err(err) => action.what = format!("skipped: the registry did not answer ({err})"),
+            Ok(services) => match e {
+                Experiment::Kill | Experiment::BusRestart => {
+                    let pool = if e == Experiment::Kill {
+                        self.kill_pool.clone()
+                    } else {
+                        vec!["bus"]
+                    };
+                    self.kill(&services, &pool, action);
+                }
+                Experiment::Fault => self.fault(&services, action).await,
+                Experiment::Partition => self.partition(&services, action).await,
+                Experiment::StoreRestart => self.restart_store(action).await,
+            },
+        }
     }
 
     fn kill(&mut self, services: &[ServiceEntry], pool: &[&str], action: &mut Action) {
@@ -463,6 +547,12 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
         args.load.rate(),
         args.every_text(),
     );
+    let config = kit::config::Config::load();
+    let system = crate::profile::system_services(&config);
+    let stores: Vec<store::Server> = store::servers(&config)?
+        .into_iter()
+        .filter(|s| args.store.is_empty() || args.store.iter().any(|k| k == s.kind))
+        .collect();
     let registry = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
     // Admin listeners take plain HTTP on loopback.
     let http = reqwest::Client::builder()
@@ -472,7 +562,7 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
     let gateway = args.load.gateway().to_owned();
     let mut findings = Vec::new();
 
-    let before = steady_state(&registry, &http, &gateway).await;
+    let before = steady_state(&registry, &http, &gateway, &system).await;
     let healthy = matches!(before, Verdict::Holds(_));
     findings.push(Finding {
         invariant: "steady state before: every service healthy, the shop answers",
@@ -533,6 +623,9 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
         delay,
         recoveries: JoinSet::new(),
         kills: 0,
+        stores,
+        restart_with: args.restart_with.clone(),
+        store_kill: args.store_kill,
     };
 
     // The load and the schedule start together, once the load's set-up is done.
@@ -593,7 +686,7 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
     }
     findings.push(Finding {
         invariant: "steady state after: every service healthy, the shop answers",
-        verdict: steady_state(&registry, &http, &gateway).await,
+        verdict: steady_state(&registry, &http, &gateway, &system).await,
     });
     println!(
         "\nverifying the invariants (waiting up to {} for sagas in flight)…",

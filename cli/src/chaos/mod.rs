@@ -4,6 +4,7 @@
 
 mod experiment;
 mod plan;
+mod store;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -23,7 +23,8 @@ pub enum Experiment {
     Fault,
     /// SIGKILL the embedded bus once, halfway through the run.
     BusRestart,
-    /// Restart the real PostgreSQL/Redis/NATS servers: needs the infra profile.
+    /// Restart one of the real servers (PostgreSQL, MariaDB, Redis, NATS, etcd) every
+    /// `--every`: needs the infra profile.
     StoreRestart,
     /// Cut one service (`--caller`, else a random one) off from every other service for
     /// `--fault-for`, every `--every`: through the fault layer, not the network.
@@ -41,17 +42,6 @@ impl Experiment {
             Experiment::Partition => "partition",
         }
     }
-}
-
-/// Why an experiment cannot run here.
-pub fn refusal(experiments: &[Experiment]) -> Option<String> {
-    experiments.contains(&Experiment::StoreRestart).then(|| {
-        "store-restart restarts the real PostgreSQL, Redis and NATS servers, so it needs the \
-         infra profile (`flotilla up --profile infra`), which does not exist yet; on the \
-         embedded profile every store lives inside its service's process, and `kill` \
-         already restarts it"
-            .to_owned()
-    })
 }
 
 /// The services a random kill picks from: every business service and the registry
@@ -142,7 +132,10 @@ pub fn schedule(
     let mut actions = Vec::new();
     for &e in experiments {
         match e {
-            Experiment::Kill | Experiment::Fault | Experiment::Partition => {
+            Experiment::Kill
+            | Experiment::Fault
+            | Experiment::Partition
+            | Experiment::StoreRestart => {
                 let mut at = every.draw(rng);
                 while at < duration {
                     actions.push((at, e));
@@ -150,7 +143,6 @@ pub fn schedule(
                 }
             }
             Experiment::BusRestart => actions.push((duration / 2, e)),
-            Experiment::StoreRestart => {}
         }
     }
     actions.sort();
@@ -268,10 +260,16 @@ mod tests {
     }
 
     #[test]
-    fn store_restart_is_refused_until_the_infra_profile_exists() {
-        assert!(refusal(&[Experiment::Kill, Experiment::Fault]).is_none());
-        let why = refusal(&[Experiment::Kill, Experiment::StoreRestart]).unwrap();
-        assert!(why.contains("needs the infra profile"), "{why}");
+    fn store_restarts_repeat_like_kills() {
+        let every: Interval = "5s".parse().unwrap();
+        let plan = schedule(
+            &[Experiment::StoreRestart],
+            Duration::from_secs(16),
+            every,
+            &mut StdRng::seed_from_u64(0),
+        );
+        let at: Vec<u64> = plan.iter().map(|(d, _)| d.as_secs()).collect();
+        assert_eq!(at, [5, 10, 15]);
     }
 
     #[test]

@@ -33,6 +33,18 @@ fn store_url(m: &Manifest) -> Option<String> {
     })
 }
 
+/// NATS's configuration: JetStream on the volume, fsync on every write (without
+/// `sync_interval` JetStream fsyncs every 2 minutes; see `docs/infra.md`).
+const NATS_CONF: &str = "# NATS for docker compose: JetStream on the volume, fsync on every write.
+# Without sync_interval JetStream fsyncs every 2 minutes, so an acknowledged event can
+# be lost if the machine (not just the process) goes down: see docs/infra.md.
+http_port: 8222
+jetstream {
+  store_dir: /data
+  sync_interval: always
+}
+";
+
 /// Every file `gen compose` writes.
 pub fn files(manifests: &[Manifest]) -> Vec<File> {
     let services: Vec<&Manifest> = manifests.iter().filter(|m| m.cluster).collect();
@@ -45,6 +57,7 @@ pub fn files(manifests: &[Manifest]) -> Vec<File> {
         "deploy/compose/mariadb-init.sql",
         mariadb_init(&services),
     ));
+    files.push(File::new("deploy/compose/nats.conf", NATS_CONF.to_owned()));
     for m in &services {
         files.push(File::new(
             format!("deploy/compose/secrets/{}.toml", m.name),
@@ -198,9 +211,10 @@ const INFRASTRUCTURE: &str = r#"  postgres:
 
   nats:
     image: nats:2.11-alpine
-    command: ["--jetstream", "--store_dir", "/data", "--http_port", "8222"]
+    command: ["-c", "/etc/nats/nats.conf"]
     volumes:
       - nats:/data
+      - ./compose/nats.conf:/etc/nats/nats.conf:ro
     healthcheck:
       test: ["CMD", "wget", "-q", "--spider", "http://127.0.0.1:8222/healthz?js-enabled-only=true"]
       interval: 5s

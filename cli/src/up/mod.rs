@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod fleet;
+pub mod preflight;
 
 pub use control::Request;
 
@@ -44,8 +45,14 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Plan {
     data_dir: PathBuf,
-    registry: SocketAddr,
-    bus: SocketAddr,
+    /// The embedded registry's address, when discovery is the registry (not etcd, DNS…).
+    registry: Option<SocketAddr>,
+    /// How services find each other (`registry://…` of the embedded one, or `etcd://…`).
+    discovery: String,
+    /// The embedded bus's address, when the bus is the embedded one (not NATS).
+    bus: Option<SocketAddr>,
+    /// The bus every service uses.
+    bus_url: String,
     gateway: SocketAddr,
     /// What every instance runs unless a scale or rollout says otherwise.
     spec: Spec,
@@ -59,15 +66,21 @@ impl Plan {
     }
 
     fn discovery(&self) -> String {
-        format!("registry://{}", self.registry)
+        self.discovery.clone()
     }
 
-    /// The bus services use: `FLOTILLA_BUS` if set (NATS, say), else the embedded one.
     fn bus_url(&self) -> String {
-        std::env::var("FLOTILLA_BUS")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| format!("bus://{}", kit::service::advertised(self.bus)))
+        self.bus_url.clone()
+    }
+
+    /// Whether `up` runs `name`: not the embedded registry or bus when the profile
+    /// uses etcd or NATS instead.
+    fn runs(&self, name: &str) -> bool {
+        match name {
+            "registry" => self.registry.is_some(),
+            "bus" => self.bus.is_some(),
+            _ => true,
+        }
     }
 }
 
@@ -111,14 +124,35 @@ fn plan(data_dir: PathBuf, replicas: Vec<(String, usize)>) -> anyhow::Result<Pla
     let data_dir = std::fs::canonicalize(&data_dir)?;
     let config = Config::load().merged("data_dir", &data_dir);
     internal_identities(&config)?;
-    let registry: registry::RegistryConfig = config.section("registry")?;
-    let bus = bus::config(&config)?;
+    let common = config.common()?;
+    let registry = kit::store::scheme(&common.discovery) == "registry";
+    let registry = registry
+        .then(|| config.section::<registry::RegistryConfig>("registry"))
+        .transpose()?
+        .map(|r| r.listen);
+    let discovery = match registry {
+        Some(addr) => format!("registry://{addr}"),
+        None => common.discovery.clone(),
+    };
+    let bus_url = kit_events::url_from_config(&config);
+    let bus = (kit::store::scheme(&bus_url) == "bus")
+        .then(|| bus::config(&config))
+        .transpose()?
+        .map(|b| b.listen);
+    let bus_url = match bus {
+        Some(addr) => format!("bus://{}", kit::service::advertised(addr)),
+        None => bus_url,
+    };
+    if registry.is_none() || bus.is_none() {
+        preflight::servers_reachable(&config)?;
+    }
     let gateway: gateway::GatewayConfig = config.section("gateway")?;
-    for (addr, setting) in [
-        (registry.listen, "FLOTILLA_REGISTRY__LISTEN"),
-        (bus.listen, "FLOTILLA_BUS__LISTEN"),
-        (gateway.listen, "FLOTILLA_GATEWAY__LISTEN"),
-    ] {
+    let listeners = [
+        registry.map(|a| (a, "FLOTILLA_REGISTRY__LISTEN")),
+        bus.map(|a| (a, "FLOTILLA_BUS__LISTEN")),
+        Some((gateway.listen, "FLOTILLA_GATEWAY__LISTEN")),
+    ];
+    for (addr, setting) in listeners.into_iter().flatten() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 bail!(
@@ -132,12 +166,14 @@ fn plan(data_dir: PathBuf, replicas: Vec<(String, usize)>) -> anyhow::Result<Pla
     let binary = std::env::current_exe().context("cannot find the flotilla binary")?;
     Ok(Plan {
         data_dir,
-        registry: registry.listen,
-        bus: bus.listen,
+        registry,
+        discovery,
+        bus,
+        bus_url,
         gateway: gateway.listen,
         spec: Spec {
             binary,
-            version: config.common()?.version,
+            version: common.version,
         },
         replicas: replicas.into_iter().collect(),
     })
@@ -271,6 +307,7 @@ impl Supervisor {
         let bound = control::bind(&self.plan.data_dir)?;
         let bars: HashMap<&str, ProgressBar> = NAMES
             .iter()
+            .filter(|name| self.plan.runs(name))
             .map(|name| {
                 let bar = self.out.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
@@ -303,11 +340,14 @@ impl Supervisor {
         );
         let control = bound.serve(fleet);
         self.out.line(&format!(
-            "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  registry  {}://{}\n  logs      {}\nPress Ctrl-C to stop.\n",
+            "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  discovery {}\n  bus       {}\n  logs      {}\nPress Ctrl-C to stop.\n",
             begun.elapsed().as_secs_f64(),
             self.plan.gateway,
-            kit::security::mtls::scheme(),
-            self.plan.registry,
+            match self.plan.registry {
+                Some(addr) => format!("{}://{addr}", kit::security::mtls::scheme()),
+                None => kit::store::redact(&self.plan.discovery),
+            },
+            kit::store::redact(&self.plan.bus_url),
             self.plan.data_dir.join("logs").display(),
         ));
         if let Some(admin) = new_admin_credentials(&self.plan.data_dir, credentials_before) {
@@ -327,7 +367,12 @@ impl Supervisor {
         bars: &HashMap<&str, ProgressBar>,
         begun: Instant,
     ) -> anyhow::Result<()> {
-        for &name in NAMES {
+        let names: Vec<&'static str> = NAMES
+            .iter()
+            .copied()
+            .filter(|n| self.plan.runs(n))
+            .collect();
+        for name in names {
             bars[name].set_message("starting");
             for _ in 0..self.plan.replicas(name) {
                 let (id, pid) = self.spawn_new(name, self.plan.spec.clone(), true)?;
@@ -419,6 +464,7 @@ impl Supervisor {
             .env("FLOTILLA_DISCOVERY", self.plan.discovery())
             .env("FLOTILLA_BUS", self.plan.bus_url())
             .env("FLOTILLA_VERSION", &spec.version)
+            .envs(Config::chosen_file().map(|f| ("FLOTILLA_CONFIG", f)))
             .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

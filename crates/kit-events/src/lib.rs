@@ -311,11 +311,17 @@ pub async fn connect(url: &str, setting: &str) -> Result<Arc<dyn EventBus>, BusE
     }
 }
 
-/// The bus URL of this process: `FLOTILLA_BUS` if set, else [`DEFAULT_BUS_URL`].
-pub fn url_from_env() -> String {
+/// The bus URL of this process: `FLOTILLA_BUS` if set, else the top-level `bus`
+/// setting of the configuration (`bus = "nats://…"` in `flotilla.toml`), else
+/// [`DEFAULT_BUS_URL`]. A `[bus]` table configures the embedded broker itself and names
+/// no URL. The variable is read first because `FLOTILLA_BUS__LISTEN` and its like turn
+/// the configuration's `bus` into that table.
+pub fn url_from_config(config: &kit::config::Config) -> String {
+    let url = |u: String| (!u.trim().is_empty()).then_some(u);
     std::env::var("FLOTILLA_BUS")
         .ok()
-        .filter(|u| !u.trim().is_empty())
+        .and_then(url)
+        .or_else(|| config.section::<String>("bus").ok().and_then(url))
         .unwrap_or_else(|| DEFAULT_BUS_URL.to_owned())
 }
 
@@ -332,6 +338,22 @@ pub async fn for_producer(url: &str, setting: &str) -> Result<Arc<dyn EventBus>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bus_url_is_the_top_level_setting_not_the_brokers_table() {
+        if std::env::var_os("FLOTILLA_BUS").is_some() {
+            return; // the variable wins, as it must
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = || kit::config::Config::from_file(&dir.path().join("absent.toml"));
+        let url = base().merged("bus", "nats://127.0.0.1:4222");
+        assert_eq!(url_from_config(&url), "nats://127.0.0.1:4222");
+        let table = base().merged("bus", serde_json::json!({"listen": "127.0.0.1:9"}));
+        assert_eq!(url_from_config(&table), DEFAULT_BUS_URL);
+        std::fs::write(dir.path().join("f.toml"), "bus = \"nats://n:4222\"\n").unwrap();
+        let file = kit::config::Config::from_file(&dir.path().join("f.toml"));
+        assert_eq!(url_from_config(&file), "nats://n:4222");
+    }
 
     #[test]
     fn wildcards_match_like_nats() {

@@ -410,6 +410,10 @@ impl Engine {
             Err(StepError::Retryable(e)) if st.deadline_ms.is_none_or(|d| now < d) => {
                 st.error = Some(e.clone());
                 if step.deadline.is_none() && attempt >= self.inner.config.stuck_after {
+                    if !s.stuck {
+                        tracing::error!(target: "saga", saga_id = %s.id, step = step.name, attempts = attempt, error = %e, "saga stuck: a step past its pivot keeps failing");
+                        metrics::counter!("saga_stuck_total", "kind" => def.kind).increment(1);
+                    }
                     s.stuck = true;
                 }
                 let delay = self.inner.config.backoff(attempt);

@@ -125,13 +125,31 @@ pub struct Config {
     figment: Figment,
 }
 
+/// The file [`Config::use_file`] chose for this process.
+static CHOSEN_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 impl Config {
-    /// Loads defaults < `flotilla.toml` (or the file named by `FLOTILLA_CONFIG`) < environment.
+    /// Loads defaults < the configuration file < environment. The file is the one
+    /// [`Config::use_file`] chose, else the one `FLOTILLA_CONFIG` names, else
+    /// `flotilla.toml` in the working directory.
     pub fn load() -> Self {
-        let file = std::env::var_os("FLOTILLA_CONFIG")
-            .map(PathBuf::from)
+        let file = CHOSEN_FILE
+            .get()
+            .cloned()
+            .or_else(|| std::env::var_os("FLOTILLA_CONFIG").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("flotilla.toml"));
         Self::from_file(&file)
+    }
+
+    /// Makes every later [`Config::load`] in this process read `file` (what
+    /// `flotilla --profile` does); the first choice stands.
+    pub fn use_file(file: PathBuf) {
+        let _ = CHOSEN_FILE.set(file);
+    }
+
+    /// The file [`Config::load`] reads, if [`Config::use_file`] chose one.
+    pub fn chosen_file() -> Option<&'static Path> {
+        CHOSEN_FILE.get().map(PathBuf::as_path)
     }
 
     /// Loads defaults < the given TOML file (if it exists) < environment.

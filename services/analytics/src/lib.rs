@@ -129,7 +129,7 @@ pub async fn run(ctx: Context) -> Result<(), StartError> {
 /// Opens the store, starts projecting from the bus `FLOTILLA_BUS` names and binds the
 /// listeners.
 pub async fn build(ctx: Context) -> Result<Service, StartError> {
-    let bus = kit_events::for_producer(&kit_events::url_from_env(), "FLOTILLA_BUS")
+    let bus = kit_events::for_producer(&kit_events::url_from_config(&ctx.config), "FLOTILLA_BUS")
         .await
         .map_err(|e| StartError::Other(e.to_string()))?;
     build_with_bus(ctx, bus).await

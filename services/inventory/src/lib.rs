@@ -93,9 +93,10 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     tokio::spawn(sweep(store.clone(), cfg.sweep_interval));
     match store.outbox() {
         Some((outbox, wake)) => {
-            let bus = kit_events::for_producer(&kit_events::url_from_env(), "FLOTILLA_BUS")
-                .await
-                .map_err(|e| StartError::Other(e.to_string()))?;
+            let bus =
+                kit_events::for_producer(&kit_events::url_from_config(&ctx.config), "FLOTILLA_BUS")
+                    .await
+                    .map_err(|e| StartError::Other(e.to_string()))?;
             kit_events::outbox::Relay::shared(outbox, bus, Default::default())
                 .with_notifier(wake)
                 .spawn();

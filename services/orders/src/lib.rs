@@ -118,8 +118,7 @@ async fn assemble(ctx: Context) -> Result<(Service, ::saga::Engine), StartError>
     let bus_url = cfg
         .bus
         .clone()
-        .or_else(|| std::env::var("FLOTILLA_BUS").ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| kit_events::DEFAULT_BUS_URL.to_owned());
+        .unwrap_or_else(|| kit_events::url_from_config(&ctx.config));
     let bus: Arc<dyn kit_events::EventBus> = if kit::store::scheme(&bus_url) == "bus" {
         // The embedded bus may start after orders: the relay retries until it answers.
         Arc::new(

@@ -81,7 +81,7 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
     let payments = ledger::Payments::new(ledger.clone(), provider);
     let admin = admin::router(ledger.clone());
     let (outbox, wake) = ledger.outbox();
-    let bus = kit_events::for_producer(&kit_events::url_from_env(), "FLOTILLA_BUS")
+    let bus = kit_events::for_producer(&kit_events::url_from_config(&ctx.config), "FLOTILLA_BUS")
         .await
         .map_err(|e| StartError::Other(e.to_string()))?;
     kit_events::outbox::Relay::shared(outbox, bus, Default::default())

@@ -3,12 +3,17 @@
 //! ```text
 //!            N consecutive failures, or failure rate ≥ R over the window
 //!  Closed ───────────────────────────────────────────────────────────▶ Open
-//!    ▲                                                                  │ open_for elapsed
+//!    ▲                                                                  │ open time elapsed
 //!    │ all probes succeed                                               ▼
 //!    └──────────────────────────── HalfOpen ◀───────────────────────────┘
 //!                                     │ any probe fails
 //!                                     └──────────────────────────────▶ Open
 //! ```
+//!
+//! The first opening lasts `open_for`; each probe that fails doubles the next one, up to
+//! `max_open_for`, and closing starts again from `open_for`. A target that blipped (a
+//! restart, a store failing over) is probed again within seconds; one that stays down
+//! is probed ever more rarely.
 //!
 //! The closed path is lock-free: admitting a call is one atomic load, recording a
 //! success is a load (and a store only after failures), recording a failure is an
@@ -28,8 +33,8 @@ use tokio::time::Instant;
 
 use super::stack::{BoxError, CallError, Classifier};
 
-/// Breaker settings for one target. Defaults follow the classic pattern: trip after 5
-/// consecutive failures, stay open 60 s, then let 1 probe through.
+/// Breaker settings for one target. Defaults: trip after 5 consecutive failures, stay
+/// open 5 s, let 1 probe through; each failed probe doubles the open time, up to 60 s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BreakerConfig {
@@ -42,9 +47,12 @@ pub struct BreakerConfig {
     pub window: Duration,
     /// Calls needed in the window before the rate can trip the breaker.
     pub minimum_calls: u32,
-    /// How long the breaker stays open before probing.
+    /// How long the breaker stays open before its first probe.
     #[serde(with = "crate::config::duration")]
     pub open_for: Duration,
+    /// The longest it stays open: each failed probe doubles the open time up to this.
+    #[serde(with = "crate::config::duration")]
+    pub max_open_for: Duration,
     /// Probes admitted while half-open; all must succeed to close.
     pub half_open_probes: u32,
     /// A successful call slower than this counts as a failure (`None`: off).
@@ -62,7 +70,8 @@ impl Default for BreakerConfig {
             failure_rate: None,
             window: Duration::from_secs(10),
             minimum_calls: 20,
-            open_for: Duration::from_secs(60),
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(60),
             half_open_probes: 1,
             slow_call: None,
             per_instance: false,
@@ -157,6 +166,8 @@ pub struct CircuitBreaker {
     opened_wall: std::sync::Mutex<Option<SystemTime>>,
     probes_in_flight: AtomicU32,
     probe_successes: AtomicU32,
+    /// Probes failed since the breaker last closed: the open time doubles with each.
+    failed_probes: AtomicU32,
     transitions: AtomicU64,
     window: [Bucket; BUCKETS],
 }
@@ -174,6 +185,7 @@ impl CircuitBreaker {
             opened_wall: std::sync::Mutex::new(None),
             probes_in_flight: AtomicU32::new(0),
             probe_successes: AtomicU32::new(0),
+            failed_probes: AtomicU32::new(0),
             transitions: AtomicU64::new(0),
             window: Default::default(),
         };
@@ -201,13 +213,25 @@ impl CircuitBreaker {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// How long this opening lasts: `open_for`, doubled for every probe failed since
+    /// the breaker last closed, at most `max_open_for`.
+    pub fn open_time(&self) -> Duration {
+        let doublings = self.failed_probes.load(Ordering::Acquire).min(31);
+        let grown = self.cfg.open_for.saturating_mul(1 << doublings);
+        grown.min(self.cfg.max_open_for.max(self.cfg.open_for))
+    }
+
+    fn open_nanos(&self) -> u64 {
+        u64::try_from(self.open_time().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Whether a call now would be rejected (open and not yet due for a probe).
     pub fn is_rejecting(&self) -> bool {
         self.state() == State::Open
             && self
                 .now_nanos()
                 .saturating_sub(self.opened_at.load(Ordering::Acquire))
-                < u64::try_from(self.cfg.open_for.as_nanos()).unwrap_or(u64::MAX)
+                < self.open_nanos()
     }
 
     /// Makes the call `call` starts if the breaker admits it (else fails at once with
@@ -243,8 +267,8 @@ impl CircuitBreaker {
         }
     }
 
-    /// Asks to make a call. Closed: always admitted. Open: rejected until `open_for`
-    /// has passed, then the breaker turns half-open. Half-open: up to
+    /// Asks to make a call. Closed: always admitted. Open: rejected until the open time
+    /// ([`Self::open_time`]) has passed, then the breaker turns half-open. Half-open: up to
     /// `half_open_probes` calls are admitted at a time.
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         match self.state() {
@@ -253,7 +277,7 @@ impl CircuitBreaker {
                 let elapsed = self
                     .now_nanos()
                     .saturating_sub(self.opened_at.load(Ordering::Acquire));
-                let open_for = u64::try_from(self.cfg.open_for.as_nanos()).unwrap_or(u64::MAX);
+                let open_for = self.open_nanos();
                 if elapsed < open_for {
                     self.reject(Duration::from_nanos(open_for - elapsed))
                 } else {
@@ -308,6 +332,9 @@ impl CircuitBreaker {
         {
             return false;
         }
+        if from == State::HalfOpen && to == State::Open {
+            self.failed_probes.fetch_add(1, Ordering::AcqRel);
+        }
         if to == State::Open {
             self.opened_at.store(self.now_nanos(), Ordering::Release);
             if let Ok(mut w) = self.opened_wall.lock() {
@@ -316,6 +343,7 @@ impl CircuitBreaker {
         }
         if to == State::Closed {
             self.consecutive.store(0, Ordering::Release);
+            self.failed_probes.store(0, Ordering::Release);
             for b in &self.window {
                 b.calls.store(0, Ordering::Relaxed);
                 b.failures.store(0, Ordering::Relaxed);
@@ -561,8 +589,8 @@ mod tests {
         fail(&b, 1);
         assert_eq!(b.state(), State::Open);
         let rejected = b.try_acquire().unwrap_err();
-        assert_eq!(rejected.retry_after, Duration::from_secs(60));
-        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(rejected.retry_after, Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
             b.try_acquire().unwrap_err().retry_after,
             Duration::from_secs(1)
@@ -591,19 +619,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_probe_reopens_for_a_full_interval() {
+    async fn each_failed_probe_doubles_the_open_time_up_to_the_maximum() {
         let b = breaker(BreakerConfig {
             open_for: Duration::from_secs(10),
+            max_open_for: Duration::from_secs(30),
             ..Default::default()
         });
         fail(&b, 5);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        b.try_acquire().unwrap().failure();
-        assert_eq!(b.state(), State::Open);
+        for expected in [20, 30, 30] {
+            tokio::time::advance(b.open_time()).await;
+            b.try_acquire().unwrap().failure();
+            assert_eq!(b.state(), State::Open);
+            assert_eq!(
+                b.try_acquire().unwrap_err().retry_after,
+                Duration::from_secs(expected)
+            );
+        }
+        // Closing starts again from the shortest open time.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        b.try_acquire().unwrap().success();
+        assert_eq!(b.state(), State::Closed);
+        fail(&b, 5);
         assert_eq!(
             b.try_acquire().unwrap_err().retry_after,
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn a_maximum_below_the_first_open_time_is_the_first_open_time() {
+        let b = breaker(BreakerConfig {
+            open_for: Duration::from_secs(10),
+            max_open_for: Duration::from_secs(1),
+            ..Default::default()
+        });
+        assert_eq!(b.open_time(), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,9 +10,10 @@
 //! ```toml
 //! [resilience.default.breaker]      # every target
 //! failure_threshold = 5
-//! open_for = "60s"
+//! open_for = "5s"                  # doubled by each failed probe, up to max_open_for
+//! max_open_for = "60s"
 //! [resilience.targets.inventory.breaker]   # one target (replaces the default's breaker)
-//! open_for = "5s"
+//! open_for = "2s"
 //! ```
 //!
 //! Breakers are registered per process, so `GET /admin/breakers` lists every one.

@@ -294,3 +294,145 @@ pub async fn survives_broker_restart(harness: &mut dyn Harness) {
         assert_quiet(&mut sub, Duration::from_millis(500)).await;
     }
 }
+
+/// Polls `read` until `done` holds for what it returns (or panics after [`WAIT`]).
+async fn eventually<T: std::fmt::Debug, F, Fut>(
+    what: &str,
+    mut read: F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = read().await;
+        if done(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {got:?} after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Awaits an inspection that must answer at once, not wait for new events.
+async fn quick<T>(f: impl std::future::Future<Output = Result<T, crate::BusError>>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("inspecting never waits for new events")
+        .expect("inspect")
+}
+
+/// [`crate::inspect`] shows what the bus holds: the events of a subject filter after a
+/// position (in pages, never waiting for more), every group with its lag and pending
+/// deliveries (one group of several subjects is one group), and the dead letters.
+pub async fn inspect_shows_events_groups_and_dead_letters(
+    bus: Arc<dyn EventBus>,
+    inspect: Arc<dyn crate::inspect::Inspect>,
+) {
+    let orders: Vec<Event> = (0..5).map(|n| event("orders.created", n)).collect();
+    let payments: Vec<Event> = (0..2).map(|n| event("payments.captured", n)).collect();
+    publish_all(&*bus, "orders.created", &orders).await;
+    publish_all(&*bus, "payments.captured", &payments).await;
+    let order_ids: Vec<String> = orders.iter().map(|e| e.id.clone()).collect();
+
+    let all = quick(inspect.events(">", 0, 100)).await;
+    assert_eq!(all.len(), 7, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
+    assert_eq!(all[5].subject, "payments.captured");
+    assert_eq!(all[5].event.id, payments[0].id);
+    let first = quick(inspect.events("orders.*", 0, 2)).await;
+    let rest = quick(inspect.events("orders.*", first[1].seq, 100)).await;
+    let read: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|l| l.event.id.clone())
+        .collect();
+    assert_eq!(
+        read, order_ids,
+        "paged by position, only the filter's subjects"
+    );
+    assert!(
+        first
+            .iter()
+            .chain(&rest)
+            .all(|l| l.subject == "orders.created")
+    );
+    assert_eq!(rest[0].event.data, orders[2].data);
+    let last = all.last().unwrap().seq;
+    assert!(quick(inspect.events(">", last, 10)).await.is_empty());
+    assert!(quick(inspect.events("users.*", 0, 10)).await.is_empty());
+    assert!(inspect.events("orders..x", 0, 10).await.is_err());
+
+    // `mail` has handled two orders and holds the third; `stats` (two subjects) all.
+    let mut mail = bus
+        .subscribe(&Group::new("mail", &["orders.created"]).max_in_flight(1))
+        .await
+        .unwrap();
+    receive_acking(&mut mail, 2).await;
+    let held = receive(&mut mail, 1).await;
+    let mut stats = bus
+        .subscribe(&Group::new(
+            "stats",
+            &["orders.created", "payments.captured"],
+        ))
+        .await
+        .unwrap();
+    receive_acking(&mut stats, 7).await;
+    let groups = eventually(
+        "groups",
+        || async { inspect.groups().await.expect("groups") },
+        |g: &Vec<crate::inspect::GroupState>| {
+            g.iter()
+                .any(|g| g.name == "stats" && g.lag == 0 && g.pending == 0)
+                && g.iter()
+                    .any(|g| g.name == "mail" && g.lag == 2 && g.pending == 1)
+        },
+    )
+    .await;
+    assert_eq!(groups.len(), 2, "one entry a group: {groups:?}");
+    let stats_state = groups.iter().find(|g| g.name == "stats").unwrap();
+    let mut subjects = stats_state.subjects.clone();
+    subjects.sort();
+    assert_eq!(subjects, ["orders.created", "payments.captured"]);
+    let mail_state = groups.iter().find(|g| g.name == "mail").unwrap();
+    assert_eq!(mail_state.subjects, ["orders.created"]);
+    held[0].ack().await.unwrap();
+
+    // `picky` gives up on the first payment at once.
+    assert!(inspect.dead_letters().await.unwrap().is_empty());
+    let mut picky = bus
+        .subscribe(&Group::new("picky", &["payments.captured"]).max_deliveries(1))
+        .await
+        .unwrap();
+    let got = receive(&mut picky, 1).await.remove(0);
+    assert_eq!(got.event.id, payments[0].id);
+    got.nack(Duration::ZERO).await.unwrap();
+    receive_acking(&mut picky, 1).await;
+    let dead = eventually(
+        "dead letters",
+        || async { inspect.dead_letters().await.expect("dead letters") },
+        |d: &Vec<crate::inspect::Logged>| !d.is_empty(),
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].subject,
+        crate::dead_letter_subject("picky", "payments.captured")
+    );
+    assert_eq!(dead[0].event.id, payments[0].id, "the original event");
+    assert!(dead[0].seq > last);
+    eventually(
+        "picky settled",
+        || async { inspect.groups().await.expect("groups") },
+        |g: &Vec<crate::inspect::GroupState>| {
+            g.iter()
+                .any(|g| g.name == "picky" && g.lag == 0 && g.pending == 0)
+        },
+    )
+    .await;
+}

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::inspect::{GroupState, Inspect, Logged};
 use crate::{Acker, BoxFuture, BusError, Delivery, Event, EventBus, Group, Published, Subscriber};
 
 /// Request and response bodies of the bus service's API, shared by server and client.
@@ -47,6 +48,19 @@ pub mod wire {
         pub attempt: u32,
         /// The event.
         pub event: Event,
+    }
+
+    /// One entry of `GET /v1/groups`: a group and how far behind it is.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct GroupLine {
+        /// Name.
+        pub name: String,
+        /// Subject filters.
+        pub subjects: Vec<String>,
+        /// Matching events not yet delivered.
+        pub lag: i64,
+        /// Delivered, not yet acknowledged (including waiting redeliveries).
+        pub pending: i64,
     }
 
     /// `POST /v1/groups/{group}/ack` body.
@@ -140,6 +154,86 @@ impl EmbeddedBus {
             .await
             .map_err(unavailable)?;
         check(res).await.map(|_| ())
+    }
+}
+
+impl Inspect for EmbeddedBus {
+    fn events<'a>(
+        &'a self,
+        subject: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Logged>, BusError>> {
+        Box::pin(async move {
+            crate::inspect::check_filter(subject)?;
+            let mut out: Vec<Logged> = Vec::new();
+            let mut after = after;
+            // The bus answers at most a page per request.
+            while out.len() < limit {
+                let want = (limit - out.len()).min(crate::inspect::PAGE);
+                let url = reqwest::Url::parse_with_params(
+                    &format!("{}/v1/events", self.base),
+                    &[
+                        ("subject", subject.to_owned()),
+                        ("after", after.to_string()),
+                        ("limit", want.to_string()),
+                    ],
+                )
+                .map_err(|e| BusError::Protocol(e.to_string()))?;
+                let page: Vec<wire::DeliveryLine> = self.get_json(url).await?;
+                let full = page.len() == want;
+                for line in page {
+                    let seq = u64::try_from(line.seq).unwrap_or(0);
+                    after = seq;
+                    out.push(Logged {
+                        seq,
+                        subject: line.subject,
+                        event: line.event,
+                    });
+                }
+                if !full {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupState>, BusError>> {
+        Box::pin(async move {
+            let url = reqwest::Url::parse(&format!("{}/v1/groups", self.base))
+                .map_err(|e| BusError::Protocol(e.to_string()))?;
+            let groups: Vec<wire::GroupLine> = self.get_json(url).await?;
+            Ok(groups
+                .into_iter()
+                .map(|g| GroupState {
+                    name: g.name,
+                    subjects: g.subjects,
+                    lag: u64::try_from(g.lag).unwrap_or(0),
+                    pending: u64::try_from(g.pending).unwrap_or(0),
+                })
+                .collect())
+        })
+    }
+}
+
+impl EmbeddedBus {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: reqwest::Url,
+    ) -> Result<T, BusError> {
+        let res = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        check(res)
+            .await?
+            .json()
+            .await
+            .map_err(|e| BusError::Protocol(e.to_string()))
     }
 }
 

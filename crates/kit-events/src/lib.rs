@@ -12,11 +12,13 @@
 //! a group with one consumer as long as nothing is redelivered.
 //!
 //! Producers publish through the transactional [`outbox`]; consumers make redelivery
-//! harmless with its idempotent inbox.
+//! harmless with its idempotent inbox. Operators' tools read a bus through
+//! [`inspect`], the same on both backends.
 #![forbid(unsafe_code)]
 
 pub mod embedded;
 pub mod envelope;
+pub mod inspect;
 pub mod nats;
 pub mod outbox;
 
@@ -301,13 +303,18 @@ pub async fn connect(url: &str, setting: &str) -> Result<Arc<dyn EventBus>, BusE
             embedded::EmbeddedBus::connect(url, setting).await?,
         )),
         "nats" => Ok(Arc::new(nats::NatsBus::connect(url, setting).await?)),
-        _ => Err(BusError::Config {
-            setting: setting.to_owned(),
-            message: format!(
-                "unsupported bus URL {:?}; expected bus://host:port or nats://host:port",
-                kit::store::redact(url)
-            ),
-        }),
+        _ => Err(unsupported_url(url, setting)),
+    }
+}
+
+/// The error for a bus URL of an unknown scheme.
+pub(crate) fn unsupported_url(url: &str, setting: &str) -> BusError {
+    BusError::Config {
+        setting: setting.to_owned(),
+        message: format!(
+            "unsupported bus URL {:?}; expected bus://host:port or nats://host:port",
+            kit::store::redact(url)
+        ),
     }
 }
 

@@ -20,6 +20,7 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, SelectAll};
 
+use crate::inspect::{GroupState, Inspect, Logged};
 use crate::{
     Acker, BoxFuture, BusError, Delivery, Event, EventBus, Group, Published, StartAt, Subscriber,
 };
@@ -109,6 +110,14 @@ impl NatsOptions {
     }
 }
 
+fn unavailable_at(url: &str, setting: &str, e: String) -> BusError {
+    BusError::Unavailable(format!("setting `{setting}`: {url}: {e}"))
+}
+
+/// What the description of a group's durable consumer starts with; the group's name
+/// follows, so [`Inspect::groups`] finds the group of each consumer.
+pub const GROUP_DESCRIPTION: &str = "flotilla consumer group ";
+
 /// A JetStream-backed bus.
 #[derive(Debug, Clone)]
 pub struct NatsBus {
@@ -119,29 +128,51 @@ pub struct NatsBus {
 impl NatsBus {
     /// Connects to `nats://…` and creates the stream if it is missing.
     pub async fn connect(url: &str, setting: &str) -> Result<Self, BusError> {
+        let bus = Self::client(url, setting).await?;
+        let opts = &bus.opts;
+        bus.js
+            .get_or_create_stream(stream::Config {
+                name: opts.stream.clone(),
+                subjects: vec![format!("{}.>", opts.prefix)],
+                storage: opts.storage,
+                num_replicas: opts.replicas,
+                max_age: opts.max_age,
+                max_bytes: opts.max_bytes,
+                duplicate_window: opts.duplicate_window,
+                retention: stream::RetentionPolicy::Limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                unavailable_at(
+                    url,
+                    setting,
+                    format!("cannot create stream {}: {e}", opts.stream),
+                )
+            })?;
+        Ok(bus)
+    }
+
+    /// Connects to `nats://…` whose stream must exist already (a reader creates nothing).
+    pub async fn connect_existing(url: &str, setting: &str) -> Result<Self, BusError> {
+        let bus = Self::client(url, setting).await?;
+        bus.js.get_stream(&bus.opts.stream).await.map_err(|e| {
+            unavailable_at(url, setting, format!("stream {}: {e}", bus.opts.stream))
+        })?;
+        Ok(bus)
+    }
+
+    async fn client(url: &str, setting: &str) -> Result<Self, BusError> {
         let (addr, opts) = NatsOptions::parse(url, setting)?;
-        let unavailable =
-            |e: String| BusError::Unavailable(format!("setting `{setting}`: {url}: {e}"));
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
             .connect(addr.as_str())
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: opts.stream.clone(),
-            subjects: vec![format!("{}.>", opts.prefix)],
-            storage: opts.storage,
-            num_replicas: opts.replicas,
-            max_age: opts.max_age,
-            max_bytes: opts.max_bytes,
-            duplicate_window: opts.duplicate_window,
-            retention: stream::RetentionPolicy::Limits,
-            ..Default::default()
+            .map_err(|e| unavailable_at(url, setting, e.to_string()))?;
+        Ok(Self {
+            js: jetstream::new(client),
+            opts,
         })
-        .await
-        .map_err(|e| unavailable(format!("cannot create stream {}: {e}", opts.stream)))?;
-        Ok(Self { js, opts })
     }
 
     /// The options in force.
@@ -208,11 +239,7 @@ impl EventBus for NatsBus {
         Box::pin(async move {
             group.validate()?;
             let unavailable = |e: String| BusError::Unavailable(e);
-            let stream = self
-                .js
-                .get_stream(&self.opts.stream)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
+            let stream = self.stream().await?;
             let mut all = SelectAll::new();
             for (i, filter) in group.subjects.iter().enumerate() {
                 let name = Self::consumer_name(group, i);
@@ -221,6 +248,7 @@ impl EventBus for NatsBus {
                         &name,
                         consumer::pull::Config {
                             durable_name: Some(name.clone()),
+                            description: Some(format!("{GROUP_DESCRIPTION}{}", group.name)),
                             filter_subject: format!("{}.{filter}", self.opts.prefix),
                             deliver_policy: match group.start {
                                 StartAt::Beginning => consumer::DeliverPolicy::All,
@@ -251,6 +279,171 @@ impl EventBus for NatsBus {
                 messages: all,
             })))
         })
+    }
+}
+
+impl NatsBus {
+    async fn stream(&self) -> Result<stream::Stream, BusError> {
+        self.js
+            .get_stream(&self.opts.stream)
+            .await
+            .map_err(|e| BusError::Unavailable(e.to_string()))
+    }
+
+    fn unprefixed<'s>(&self, subject: &'s str) -> &'s str {
+        subject
+            .strip_prefix(self.opts.prefix.as_str())
+            .and_then(|s| s.strip_prefix('.'))
+            .unwrap_or(subject)
+    }
+
+    async fn read_events(
+        &self,
+        subject: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Logged>, BusError> {
+        crate::inspect::check_filter(subject)?;
+        let unavailable = |e: String| BusError::Unavailable(e);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stream = self.stream().await?;
+        // An ephemeral consumer from the position on: it sees only what matches, and
+        // says how much of it there is, so reading stops there instead of waiting.
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: format!("{}.{subject}", self.opts.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after.saturating_add(1),
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(format!("reading {subject}: {e}")))?;
+        let name = consumer.cached_info().name.clone();
+        let mut left = consumer.cached_info().num_pending;
+        let mut out = Vec::new();
+        let read = async {
+            while out.len() < limit && left > 0 {
+                let want = (limit - out.len()).min(crate::inspect::PAGE);
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(usize::try_from(left).unwrap_or(want).min(want))
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                    .map_err(|e| unavailable(format!("reading {subject}: {e}")))?;
+                let mut got = 0;
+                while let Some(msg) = batch.next().await {
+                    let msg = msg.map_err(|e| unavailable(format!("reading {subject}: {e}")))?;
+                    got += 1;
+                    let info = msg.info().map_err(|e| BusError::Protocol(e.to_string()))?;
+                    let seq = info.stream_sequence;
+                    left = info.pending;
+                    // What is not an event is skipped, as the embedded bus does.
+                    if let Ok(event) = serde_json::from_slice::<Event>(&msg.payload) {
+                        out.push(Logged {
+                            seq,
+                            subject: self.unprefixed(msg.subject.as_str()).to_owned(),
+                            event,
+                        });
+                    }
+                    if left == 0 || out.len() >= limit {
+                        break;
+                    }
+                }
+                if got == 0 {
+                    // Counted but gone (removed by retention meanwhile): nothing to wait for.
+                    break;
+                }
+            }
+            Ok::<_, BusError>(())
+        }
+        .await;
+        let _ = stream.delete_consumer(&name).await;
+        read?;
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn read_groups(&self) -> Result<Vec<GroupState>, BusError> {
+        let unavailable = |e: String| BusError::Unavailable(e);
+        let stream = self.stream().await?;
+        let consumers: Vec<consumer::Info> = stream
+            .consumers()
+            .map(|c| c.map_err(|e| unavailable(e.to_string())))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let durable: Vec<&consumer::Info> = consumers
+            .iter()
+            .filter(|c| c.config.durable_name.is_some())
+            .collect();
+        let names: std::collections::BTreeSet<&str> =
+            durable.iter().map(|c| c.name.as_str()).collect();
+        let mut groups: std::collections::BTreeMap<String, GroupState> = Default::default();
+        for c in durable {
+            let name = group_of(&c.name, c.config.description.as_deref(), &names);
+            let g = groups.entry(name.clone()).or_insert_with(|| GroupState {
+                name,
+                subjects: Vec::new(),
+                lag: 0,
+                pending: 0,
+            });
+            // One filter per consumer: what this client creates (see the module docs).
+            if !c.config.filter_subject.is_empty() {
+                g.subjects
+                    .push(self.unprefixed(&c.config.filter_subject).to_owned());
+            }
+            g.lag += c.num_pending;
+            g.pending += u64::try_from(c.num_ack_pending).unwrap_or(u64::MAX);
+        }
+        Ok(groups.into_values().collect())
+    }
+}
+
+/// The group a durable consumer belongs to: named in its description, or — for
+/// consumers created before descriptions were written — `<group>_<i>` when its
+/// siblings `<group>_0` and `<group>_1` exist (a group of several subjects), else its
+/// own name.
+fn group_of(
+    consumer: &str,
+    description: Option<&str>,
+    all: &std::collections::BTreeSet<&str>,
+) -> String {
+    if let Some(group) = description.and_then(|d| d.strip_prefix(GROUP_DESCRIPTION)) {
+        return group.to_owned();
+    }
+    match consumer.rsplit_once('_') {
+        Some((group, i))
+            if !i.is_empty()
+                && i.bytes().all(|b| b.is_ascii_digit())
+                && all.contains(format!("{group}_0").as_str())
+                && all.contains(format!("{group}_1").as_str()) =>
+        {
+            group.to_owned()
+        }
+        _ => consumer.to_owned(),
+    }
+}
+
+impl Inspect for NatsBus {
+    fn events<'a>(
+        &'a self,
+        subject: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Logged>, BusError>> {
+        Box::pin(self.read_events(subject, after, limit))
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Vec<GroupState>, BusError>> {
+        Box::pin(self.read_groups())
     }
 }
 
@@ -384,5 +577,16 @@ mod tests {
         let e = NatsOptions::parse("nats://h?storage=disk", "FLOTILLA_BUS").unwrap_err();
         assert!(e.to_string().contains("FLOTILLA_BUS"), "{e}");
         assert_eq!(NatsOptions::parse("nats://h", "X").unwrap().0, "h:4222");
+    }
+
+    #[test]
+    fn consumers_are_grouped_by_their_description_or_their_siblings() {
+        let all: std::collections::BTreeSet<&str> =
+            ["mail_0", "mail_1", "stats_1", "x"].into_iter().collect();
+        let described = format!("{GROUP_DESCRIPTION}notifications");
+        assert_eq!(group_of("n_0", Some(&described), &all), "notifications");
+        assert_eq!(group_of("mail_1", None, &all), "mail");
+        assert_eq!(group_of("stats_1", None, &all), "stats_1");
+        assert_eq!(group_of("x", Some("something else"), &all), "x");
     }
 }

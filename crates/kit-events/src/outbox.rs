@@ -17,6 +17,9 @@
 //! service's own migrations. [`enqueue`] and [`record_handled`] are the SQLite versions;
 //! [`mysql`] and [`postgres`] hold the same two functions for those backends, and every
 //! backend's pool is an [`OutboxStore`] that a [`Relay`] drains.
+//!
+//! [`inbox_page`] (and its twins in [`mysql`] and [`postgres`]) reads a consumer's
+//! inbox back, page by page, for a service's `GET /admin/inbox` ([`InboxPage`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +58,66 @@ pub struct OutboxRow {
     pub next_attempt_ms: i64,
 }
 
+/// One event a consumer handled, from its inbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct InboxEntry {
+    /// The event id.
+    pub event_id: String,
+    /// When the handling committed (ms since the epoch).
+    pub handled_ms: i64,
+}
+
+/// Most inbox entries one [`InboxPage`] holds.
+pub const INBOX_PAGE_LIMIT: u32 = 1000;
+
+/// One page of a consumer's inbox, in event-id order: the answer of a service's
+/// `GET /admin/inbox?after=<next>&limit=<n>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InboxPage {
+    /// The consumer group the entries were handled as (the inbox's `consumer`).
+    pub group: String,
+    /// The entries, by event id.
+    pub events: Vec<InboxEntry>,
+    /// Pass as `after` for the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+/// The query of `GET /admin/inbox`, for `kit::extract::Query` (a bad value is a `422`
+/// problem document).
+#[derive(Debug, Clone, serde::Deserialize, garde::Validate)]
+#[serde(deny_unknown_fields)]
+pub struct InboxQuery {
+    /// The previous page's `next`; none for the first page.
+    #[garde(length(max = 255))]
+    pub after: Option<String>,
+    /// Entries per page: 1 to [`INBOX_PAGE_LIMIT`], default [`INBOX_PAGE_LIMIT`].
+    #[serde(default = "inbox_page_limit")]
+    #[garde(range(min = 1, max = 1000))]
+    pub limit: u32,
+}
+
+fn inbox_page_limit() -> u32 {
+    INBOX_PAGE_LIMIT
+}
+
+impl InboxPage {
+    /// The page of `rows`, read with one more row than `limit` to know whether more follow.
+    fn from_rows(group: &str, mut rows: Vec<InboxEntry>, limit: u32) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|e| e.event_id.clone())
+        } else {
+            None
+        };
+        Self {
+            group: group.to_owned(),
+            events: rows,
+            next,
+        }
+    }
+}
+
 /// The outbox table of one database, as the [`Relay`] uses it. Implemented for
 /// `SqlitePool`, `MySqlPool` and `PgPool`.
 pub trait OutboxStore: Send + Sync + 'static {
@@ -86,6 +149,7 @@ struct Dialect {
     failed: &'static str,
     unsent: &'static str,
     purge: &'static str,
+    inbox: &'static str,
 }
 
 const QUESTION_MARKS: Dialect = Dialect {
@@ -98,6 +162,8 @@ const QUESTION_MARKS: Dialect = Dialect {
     failed: "UPDATE outbox SET attempts = ?, next_attempt_ms = ?, last_error = ? WHERE position = ?",
     unsent: "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL",
     purge: "DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < ?",
+    inbox: "SELECT event_id, handled_ms FROM inbox WHERE consumer = ? AND event_id > ? \
+            ORDER BY event_id LIMIT ?",
 };
 
 const SQLITE: Dialect = QUESTION_MARKS;
@@ -117,6 +183,8 @@ const POSTGRES: Dialect = Dialect {
     failed: "UPDATE outbox SET attempts = $1, next_attempt_ms = $2, last_error = $3 WHERE position = $4",
     unsent: "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL",
     purge: "DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < $1",
+    inbox: "SELECT event_id, handled_ms FROM inbox WHERE consumer = $1 AND event_id > $2 \
+            ORDER BY event_id LIMIT $3",
 };
 
 /// One backend: `enqueue`, `record_handled` and the [`OutboxStore`] of its pool.
@@ -161,6 +229,28 @@ macro_rules! backend {
                 .execute(executor)
                 .await?;
             Ok(done.rows_affected() == 1)
+        }
+
+        /// Up to `limit` (1 to [`INBOX_PAGE_LIMIT`]) of the events `consumer` handled,
+        /// in event-id order, after the id `after` (the previous page's `next`).
+        pub async fn inbox_page<'c, E>(
+            executor: E,
+            consumer: &str,
+            after: Option<&str>,
+            limit: u32,
+        ) -> Result<InboxPage, sqlx::Error>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let limit = limit.clamp(1, INBOX_PAGE_LIMIT);
+            let rows = sqlx::query_as($dialect.inbox)
+                .bind(consumer)
+                // Every event id sorts after the empty string.
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(executor)
+                .await?;
+            Ok(InboxPage::from_rows(consumer, rows, limit))
         }
 
         impl OutboxStore for $pool {
@@ -466,6 +556,27 @@ mod tests {
         assert!(record_handled(&mut *tx, "mail", "e2").await.unwrap());
         tx.rollback().await.unwrap();
         assert!(record_handled(&pool, "mail", "e2").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_inbox_reads_back_page_by_page() {
+        let (_dir, pool) = db().await;
+        for id in ["e3", "e1", "e2"] {
+            record_handled(&pool, "mail", id).await.unwrap();
+        }
+        record_handled(&pool, "stats", "e0").await.unwrap();
+        let first = inbox_page(&pool, "mail", None, 2).await.unwrap();
+        assert_eq!(first.group, "mail");
+        let ids: Vec<&str> = first.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e2"]);
+        assert_eq!(first.next.as_deref(), Some("e2"));
+        let rest = inbox_page(&pool, "mail", first.next.as_deref(), 2)
+            .await
+            .unwrap();
+        assert_eq!(rest.events.len(), 1);
+        assert_eq!(rest.events[0].event_id, "e3");
+        assert!(rest.events[0].handled_ms > 0);
+        assert_eq!(rest.next, None, "the last page");
     }
 
     #[tokio::test]

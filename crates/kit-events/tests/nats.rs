@@ -15,7 +15,7 @@ fn require_infra() -> bool {
     std::env::var("FLOTILLA_REQUIRE_INFRA").as_deref() == Ok("1")
 }
 
-fn skip(what: &str, why: impl std::fmt::Display) -> Option<NatsBus> {
+fn skip<T>(what: &str, why: impl std::fmt::Display) -> Option<T> {
     if require_infra() {
         panic!("FLOTILLA_REQUIRE_INFRA=1 but {what}: {why}");
     }
@@ -25,14 +25,14 @@ fn skip(what: &str, why: impl std::fmt::Display) -> Option<NatsBus> {
     None
 }
 
-/// A bus on a fresh stream of the shared server, or `None` after saying why.
-async fn test_nats() -> Option<NatsBus> {
+/// A bus on a fresh stream of the shared server and its URL, or `None` after saying why.
+async fn test_nats() -> Option<(NatsBus, String)> {
     let base =
         std::env::var("FLOTILLA_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let id = uuid::Uuid::new_v4().simple().to_string();
     let url = format!("{base}?stream=T{id}&prefix=t{id}&storage=memory");
     match NatsBus::connect(&url, "FLOTILLA_TEST_NATS").await {
-        Ok(bus) => Some(bus),
+        Ok(bus) => Some((bus, url)),
         Err(e) => skip("NATS is not reachable", e),
     }
 }
@@ -43,9 +43,35 @@ where
     F: FnOnce(Arc<dyn EventBus>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let Some(bus) = test_nats().await else { return };
+    let Some((bus, _)) = test_nats().await else {
+        return;
+    };
     check(Arc::new(bus.clone())).await;
     let _ = bus.delete_stream().await;
+}
+
+#[tokio::test]
+async fn inspect_shows_events_groups_and_dead_letters() {
+    let Some((bus, url)) = test_nats().await else {
+        return;
+    };
+    let inspect = kit_events::inspect::connect(&url, "FLOTILLA_TEST_NATS")
+        .await
+        .unwrap();
+    conformance::inspect_shows_events_groups_and_dead_letters(Arc::new(bus.clone()), inspect).await;
+    let _ = bus.delete_stream().await;
+}
+
+#[tokio::test]
+async fn inspect_needs_an_existing_stream() {
+    let Some((bus, url)) = test_nats().await else {
+        return;
+    };
+    bus.delete_stream().await.unwrap();
+    let e = kit_events::inspect::connect(&url, "FLOTILLA_TEST_NATS")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("FLOTILLA_TEST_NATS"), "{e}");
 }
 
 #[tokio::test]
@@ -164,7 +190,7 @@ async fn survives_broker_restart() {
         bus: None,
     };
     if let Err(e) = p.spawn() {
-        skip("cannot run nats-server for the restart test", e);
+        skip::<()>("cannot run nats-server for the restart test", e);
         return;
     }
     p.connect().await;

@@ -8,6 +8,7 @@
 //! replays the stream from the beginning into new ones.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod domain;
 pub mod events;
@@ -151,10 +152,11 @@ pub async fn build_with_bus(ctx: Context, bus: Arc<dyn EventBus>) -> Result<Serv
     )
     .spawn(bus);
     let ready = store.clone();
+    let admin = admin::router(store.clone(), cfg.group_prefix.clone());
     Ok(Service::bind(&ctx, cfg.listen, cfg.admin_listen)
         .await?
         .router(api::router(store))
-        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>().merge(admin))
         .readiness(
             "store",
             Arc::new(move || {

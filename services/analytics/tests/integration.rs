@@ -40,6 +40,7 @@ async fn start_bus() -> TestBus {
 
 struct App {
     base: String,
+    admin: String,
     config: Config,
     _running: Running,
 }
@@ -57,6 +58,7 @@ async fn start_analytics(bus: &TestBus, data: &std::path::Path) -> App {
     .unwrap();
     App {
         base: format!("http://{}", service.public_addr()),
+        admin: format!("http://{}", service.admin_addr()),
         config,
         _running: service.spawn(),
     }
@@ -74,6 +76,48 @@ impl App {
         let res = req.send().await.unwrap();
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The whole inbox from `GET /admin/inbox`, read `limit` at a time: the group it
+    /// names and the event ids in order.
+    async fn inbox(&self, limit: u32) -> (String, Vec<String>) {
+        let mut ids = Vec::new();
+        let mut query = format!("?limit={limit}");
+        loop {
+            let url = format!("{}/admin/inbox{query}", self.admin);
+            let res = reqwest::get(url).await.unwrap();
+            assert_eq!(res.status(), 200);
+            let page: Value = res.json().await.unwrap();
+            let events = page["events"].as_array().unwrap();
+            assert!(events.len() <= limit as usize, "{page}");
+            ids.extend(
+                events
+                    .iter()
+                    .map(|e| e["event_id"].as_str().unwrap().to_owned()),
+            );
+            match page["next"].as_str() {
+                Some(next) => query = format!("?limit={limit}&after={next}"),
+                None => return (page["group"].as_str().unwrap().to_owned(), ids),
+            }
+        }
+    }
+
+    /// Polls the admin inbox until it holds `n` events.
+    async fn wait_for_inbox(&self, n: usize) -> (String, Vec<String>) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (group, ids) = self.inbox(5).await;
+            assert!(ids.len() <= n, "more in the inbox than published: {ids:?}");
+            if ids.len() == n {
+                return (group, ids);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the inbox stayed at {}",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Polls the admin summary until it counts `events` events.
@@ -159,14 +203,18 @@ fn history() -> Vec<Event> {
 #[tokio::test]
 async fn every_subject_is_projected_once_and_a_rebuild_replays_to_the_same_numbers() {
     let bus = start_bus().await;
+    let mut published: Vec<String> = Vec::new();
     for e in history() {
         bus.bus.publish(&e.kind, &e).await.unwrap();
+        published.push(e.id.clone());
     }
     let dead = Event::new("orders", "orders.created", json!({}));
     bus.bus
         .publish("deadletter.notifications.orders.created", &dead)
         .await
         .unwrap();
+    published.push(dead.id.clone());
+    published.sort();
 
     let data = tempfile::tempdir().unwrap();
     let app = start_analytics(&bus, data.path()).await;
@@ -189,12 +237,18 @@ async fn every_subject_is_projected_once_and_a_rebuild_replays_to_the_same_numbe
     assert_eq!(before["payments"]["captured"], 2);
     assert_eq!(before["refunded_cents"], 300);
     assert!(before["events_per_minute"].as_f64().unwrap() > 0.0);
+    let (group, inbox) = app.wait_for_inbox(published.len()).await;
+    assert_eq!(group, "analytics-g1");
+    assert_eq!(inbox, published, "every event in the inbox once, by id");
 
     // Drop the projections and replay from the beginning.
     let group = analytics::rebuild(&app.config).await.unwrap();
     assert_eq!(group, "analytics-g2");
     let after = app.wait_for_events(13).await;
     assert_eq!(after, before, "the replay gives the same numbers");
+    let (group, inbox) = app.wait_for_inbox(published.len()).await;
+    assert_eq!(group, "analytics-g2", "the new generation's group");
+    assert_eq!(inbox, published);
 
     // Live events keep counting in the new generation, once.
     let late = order("orders.created", json!([]), 100);
@@ -233,5 +287,11 @@ async fn the_summary_is_for_administrators_and_validates_its_window() {
         let (status, p) = app.summary(bad, Some("admin")).await;
         assert_eq!(status, 422, "{bad}: {p}");
         assert_eq!(p["errors"][0]["field"], "window", "{bad}: {p}");
+    }
+    for bad in ["?limit=0", "?limit=1001", "?after=x&after=y", "?window=1h"] {
+        let res = reqwest::get(format!("{}/admin/inbox{bad}", app.admin))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{bad}");
     }
 }

@@ -41,3 +41,12 @@ async fn survives_broker_restart() {
     let mut p = BusProcess::start().await;
     conformance::survives_broker_restart(&mut p).await;
 }
+
+#[tokio::test]
+async fn inspect_shows_events_groups_and_dead_letters() {
+    let p = BusProcess::start().await;
+    let inspect = kit_events::inspect::connect(&p.url(), "test")
+        .await
+        .unwrap();
+    conformance::inspect_shows_events_groups_and_dead_letters(p.bus(), inspect).await;
+}

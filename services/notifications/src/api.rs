@@ -89,7 +89,8 @@ fn default_limit() -> u32 {
     20
 }
 
-fn store_failed(e: NotificationStoreError) -> Problem {
+/// The problem for a failed store (logged with its cause).
+pub(crate) fn store_failed(e: NotificationStoreError) -> Problem {
     tracing::error!(error = %e, "notifications store failed");
     Problem::unavailable(
         "the notifications store is unavailable",

@@ -14,6 +14,7 @@
 //! registration is retried until the registration has been handled.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod domain;
 pub mod events;
@@ -185,10 +186,11 @@ pub async fn build_with_bus(ctx: Context, bus: Arc<dyn EventBus>) -> Result<Serv
     };
     Mailroom::new(store.clone(), mailer, cfg.from.clone(), group, backoff).spawn(bus);
     let ready = store.clone();
+    let admin = admin::router(store.clone(), cfg.group.clone());
     Ok(Service::bind(&ctx, cfg.listen, cfg.admin_listen)
         .await?
         .router(api::router(store))
-        .admin_routes(kit::service::openapi_route::<api::ApiDoc>())
+        .admin_routes(kit::service::openapi_route::<api::ApiDoc>().merge(admin))
         .readiness(
             "store",
             Arc::new(move || {

@@ -60,6 +60,7 @@ async fn start_bus() -> TestBus {
 /// A notifications instance.
 struct App {
     base: String,
+    admin: String,
     _running: Running,
 }
 
@@ -87,6 +88,7 @@ async fn start_notifications(bus: &TestBus, data: &Path, section: Value) -> App 
     .unwrap();
     App {
         base: format!("http://{}", service.public_addr()),
+        admin: format!("http://{}", service.admin_addr()),
         _running: service.spawn(),
     }
 }
@@ -140,6 +142,18 @@ fn confirmed(user: &str, order: &str) -> Event {
         json!({"orderId": order, "userId": user, "items": [{"sku": "FLT-BOAT-002", "quantity": 1}],
                "total_cents": 4200, "currency": "EUR", "timestamp": "2026-12-01T10:00:01.000Z"}),
     )
+}
+
+/// Asserts the answer to `request` is a `422` problem document.
+fn assert_problem(request: &str, status: u16, body: &Value) {
+    assert_eq!(status, 422, "{request}: {body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:flotilla:problem:"),
+        "{request}: {body}"
+    );
 }
 
 async fn publish(bus: &TestBus, event: &Event) {
@@ -240,18 +254,62 @@ async fn the_list_pages_and_validates_its_query() {
 
     for bad in ["?limit=0", "?limit=101", "?limit=x", "?cursor=not-a-cursor"] {
         let (status, body) = app.list(&user, bad).await;
-        assert_eq!(status, 422, "{bad}: {body}");
-        assert!(
-            body["type"]
-                .as_str()
-                .unwrap()
-                .starts_with("urn:flotilla:problem:")
-        );
+        assert_problem(bad, status, &body);
     }
     let res = reqwest::get(format!("{}/api/notifications", app.base))
         .await
         .unwrap();
     assert_eq!(res.status(), 401, "anonymous callers get nothing");
+}
+
+#[tokio::test]
+async fn the_admin_inbox_lists_every_handled_event_page_by_page() {
+    let bus = start_bus().await;
+    let data = tempfile::tempdir().unwrap();
+    let app = start_notifications(&bus, data.path(), json!({"group": "mailroom"})).await;
+    let user = uuid::Uuid::now_v7().to_string();
+    let mut handled = vec![registered(&user, "ada@example.com")];
+    handled.extend((0..2).map(|n| confirmed(&user, &format!("o-{n}"))));
+    for e in &handled {
+        publish(&bus, e).await;
+    }
+    app.wait_for(&user, 3).await;
+
+    let get = |query: &str| {
+        let url = format!("{}/admin/inbox{query}", app.admin);
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, all) = get("").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["group"], "mailroom", "the group it consumes as");
+    let mut want: Vec<String> = handled.iter().map(|e| e.id.clone()).collect();
+    want.sort();
+    let ids = |page: &Value| -> Vec<String> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&all), want, "every handled event once, by id");
+    assert!(all["events"][0]["handled_ms"].as_i64().unwrap() > 0);
+    assert_eq!(all["next"], Value::Null);
+
+    let (_, first) = get("?limit=2").await;
+    assert_eq!(ids(&first), want[..2]);
+    let next = first["next"].as_str().unwrap().to_owned();
+    let (_, rest) = get(&format!("?limit=2&after={next}")).await;
+    assert_eq!(ids(&rest), want[2..]);
+    assert_eq!(rest["next"], Value::Null);
+
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?cursor=1"] {
+        let (status, body) = get(bad).await;
+        assert_problem(bad, status, &body);
+    }
 }
 
 /// A mailer that counts what it sends (into a maildir).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit_events::outbox::InboxPage;
 
 use crate::domain::Projection;
 
@@ -61,6 +62,14 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     fn totals(&self, first_bucket: i64) -> BoxFuture<'_, Result<Totals, AnalyticsStoreError>>;
     /// Drops every projection and inbox entry and starts a new generation; returns it.
     fn rebuild(&self) -> BoxFuture<'_, Result<i64, AnalyticsStoreError>>;
+    /// A page of the events `consumer` counted (its inbox), in event-id order: up to
+    /// `limit` (1 to 1000) after the id `after`.
+    fn inbox<'a>(
+        &'a self,
+        consumer: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<InboxPage, AnalyticsStoreError>>;
     /// Checks the backend answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), AnalyticsStoreError>>;
 }
@@ -128,6 +137,13 @@ mod tests {
         assert_eq!(all.products, [("A".to_owned(), 6)]);
         let late = store.totals(11).await.unwrap();
         assert_eq!(late.counters["revenue_cents"], 100);
+        let inbox = store.inbox(g, None, 1000).await.unwrap();
+        let ids: Vec<&str> = inbox.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e2", "e3", "e4"], "each counted event once");
+        assert_eq!((inbox.group.as_str(), inbox.next), (g, None));
+        let page = store.inbox(g, Some("e1"), 2).await.unwrap();
+        assert_eq!(page.events.len(), 2);
+        assert_eq!(page.next.as_deref(), Some("e3"));
 
         assert_eq!(store.rebuild().await.unwrap(), 2);
         assert_eq!(store.generation().await.unwrap(), 2);
@@ -145,6 +161,10 @@ mod tests {
                 .unwrap(),
             Applied::New,
             "the replay counts again"
+        );
+        assert!(
+            store.inbox(g, None, 10).await.unwrap().events.is_empty(),
+            "a rebuild empties the inbox"
         );
         store.ping().await.unwrap();
     }

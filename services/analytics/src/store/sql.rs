@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use kit::discovery::BoxFuture;
 use kit::store::{Migration, StoreError};
 
+use kit_events::outbox::InboxPage;
+
 use super::{AnalyticsStore, AnalyticsStoreError, Applied, Totals};
 use crate::domain::Projection;
 
@@ -48,7 +50,7 @@ const GENERATION: &str = "SELECT generation FROM projection_state WHERE id = 1";
 
 macro_rules! analytics {
     ($(#[$doc:meta])* $name:ident, $pool:ty, $open:path, $migrations:ident, $q:path,
-     $handled:path, $lock_generation:expr) => {
+     $handled:path, $inbox:path, $lock_generation:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -168,6 +170,15 @@ macro_rules! analytics {
                 })
             }
 
+            fn inbox<'a>(
+                &'a self,
+                consumer: &'a str,
+                after: Option<&'a str>,
+                limit: u32,
+            ) -> BoxFuture<'a, Result<InboxPage, AnalyticsStoreError>> {
+                Box::pin(async move { Ok($inbox(&self.pool, consumer, after, limit).await?) })
+            }
+
             fn ping(&self) -> BoxFuture<'_, Result<(), AnalyticsStoreError>> {
                 Box::pin(async move {
                     sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -186,6 +197,7 @@ analytics!(
     SQLITE_MIGRATIONS,
     sqlite,
     kit_events::outbox::record_handled,
+    kit_events::outbox::inbox_page,
     GENERATION
 );
 
@@ -197,5 +209,6 @@ analytics!(
     POSTGRES_MIGRATIONS,
     postgres,
     kit_events::outbox::postgres::record_handled,
+    kit_events::outbox::postgres::inbox_page,
     "SELECT generation FROM projection_state WHERE id = 1 FOR UPDATE"
 );

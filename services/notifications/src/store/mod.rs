@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit_events::outbox::InboxPage;
 
 use crate::domain::Recipient;
 
@@ -94,6 +95,14 @@ pub trait NotificationStore: Send + Sync + 'static {
         &'a self,
         event_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Sent>, NotificationStoreError>>;
+    /// A page of the events `consumer` handled (its inbox), in event-id order: up to
+    /// `limit` (1 to 1000) after the id `after`.
+    fn inbox<'a>(
+        &'a self,
+        consumer: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<InboxPage, NotificationStoreError>>;
     /// Checks the backend answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), NotificationStoreError>>;
 }
@@ -191,6 +200,19 @@ mod tests {
         // An event with no effect (nothing to send) is still recorded as handled.
         assert!(store.record("mail", "e5", Effect::default()).await.unwrap());
         assert!(store.handled("mail", "e5").await.unwrap());
+        store
+            .record("other", "e0", Effect::default())
+            .await
+            .unwrap();
+        let inbox = store.inbox("mail", None, 3).await.unwrap();
+        assert_eq!(inbox.group, "mail");
+        let ids: Vec<&str> = inbox.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e2", "e3"], "by event id, only this consumer's");
+        assert_eq!(inbox.next.as_deref(), Some("e3"));
+        let rest = store.inbox("mail", inbox.next.as_deref(), 3).await.unwrap();
+        let ids: Vec<&str> = rest.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["e4", "e5"]);
+        assert_eq!(rest.next, None);
         store.ping().await.unwrap();
     }
 

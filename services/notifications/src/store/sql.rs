@@ -4,6 +4,8 @@
 use kit::discovery::BoxFuture;
 use kit::store::{Migration, StoreError};
 
+use kit_events::outbox::InboxPage;
+
 use super::{Effect, NotificationStore, NotificationStoreError, Sent};
 use crate::domain::Recipient;
 
@@ -41,7 +43,7 @@ use kit::store::postgres::statement as postgres;
 use kit::store::sqlite::statement as sqlite;
 
 macro_rules! notifications {
-    ($(#[$doc:meta])* $name:ident, $pool:ty, $open:path, $migrations:ident, $q:path, $handled:path) => {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, $open:path, $migrations:ident, $q:path, $handled:path, $inbox:path) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -183,6 +185,15 @@ macro_rules! notifications {
                 })
             }
 
+            fn inbox<'a>(
+                &'a self,
+                consumer: &'a str,
+                after: Option<&'a str>,
+                limit: u32,
+            ) -> BoxFuture<'a, Result<InboxPage, NotificationStoreError>> {
+                Box::pin(async move { Ok($inbox(&self.pool, consumer, after, limit).await?) })
+            }
+
             fn ping(&self) -> BoxFuture<'_, Result<(), NotificationStoreError>> {
                 Box::pin(async move {
                     sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -200,7 +211,8 @@ notifications!(
     kit::store::sqlite::open,
     SQLITE_MIGRATIONS,
     sqlite,
-    kit_events::outbox::record_handled
+    kit_events::outbox::record_handled,
+    kit_events::outbox::inbox_page
 );
 
 notifications!(
@@ -210,5 +222,6 @@ notifications!(
     kit::store::postgres::open,
     POSTGRES_MIGRATIONS,
     postgres,
-    kit_events::outbox::postgres::record_handled
+    kit_events::outbox::postgres::record_handled,
+    kit_events::outbox::postgres::inbox_page
 );

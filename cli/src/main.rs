@@ -70,7 +70,7 @@ enum Command {
     /// with latency histograms per endpoint and a report (JSON and an SVG chart).
     Load(load::Load),
     /// Check the system's invariants after an experiment: a verdict for each; exits 1 on
-    /// a violation, 2 when some invariant could not be checked.
+    /// a violation, 3 when the system could not be read.
     Verify(verify::Verify),
     /// Inspect the event bus: subjects, groups and lag, events, dead letters; replay.
     Bus(bus::Bus),

@@ -129,7 +129,6 @@ impl From<&Finding> for Judged {
         let (verdict, details) = match &f.verdict {
             Verdict::Holds(what) => ("holds", vec![what.clone()]),
             Verdict::Violated(lines) => ("violated", lines.clone()),
-            Verdict::NotChecked(why) => ("not checked", vec![why.clone()]),
         };
         Self {
             hypothesis: f.invariant,

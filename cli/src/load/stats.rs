@@ -181,23 +181,23 @@ impl Recorder {
             return;
         };
         s.last_settled = s.last_settled.max(at);
-        if confirmed {
-            s.confirmed += 1;
-            if let Some(took) = took {
-                s.to_confirmed.saturating_record(micros(took));
-            }
-        } else {
+        let took = took.map(micros);
+        if !confirmed {
             s.cancelled += 1;
             if let Some(took) = took {
-                s.to_cancelled.saturating_record(micros(took));
+                s.to_cancelled.saturating_record(took);
             }
+            return;
         }
-        if confirmed {
-            let second = self.second(at);
-            second.confirmed += 1;
-            if let Some(took) = took {
-                second.to_confirmed.saturating_record(micros(took));
-            }
+        s.confirmed += 1;
+        if let Some(took) = took {
+            s.to_confirmed.saturating_record(took);
+        }
+        // The timeline puts it by the second it was seen CONFIRMED.
+        let second = self.second(at);
+        second.confirmed += 1;
+        if let Some(took) = took {
+            second.to_confirmed.saturating_record(took);
         }
     }
 

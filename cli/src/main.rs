@@ -68,7 +68,7 @@ enum Command {
     Chaos(chaos::Chaos),
     /// Put the shop under load: open-loop arrivals at a fixed rate through the gateway,
     /// with latency histograms per endpoint and a report (JSON and an SVG chart).
-    Load(load::Load),
+    Load(load::LoadCommand),
     /// Check the system's invariants after an experiment: a verdict for each; exits 1 on
     /// a violation, 3 when the system could not be read.
     Verify(verify::Verify),

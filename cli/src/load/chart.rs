@@ -1,8 +1,10 @@
-//! The report's chart: throughput and latency per second of the run, as SVG.
+//! The report's charts, as SVG: throughput and latency per second of a run, and a
+//! sweep's rates, time to `CONFIRMED` and CPU against the offered rate.
 
 use plotters::prelude::*;
 
 use super::stats::{Report, SecondReport};
+use super::sweep::SweepReport;
 
 const WIDTH: u32 = 960;
 const HEIGHT: u32 = 640;
@@ -17,13 +19,21 @@ pub fn svg(report: &Report) -> Result<String, String> {
 
 type Points = Vec<(f64, f64)>;
 
-/// One panel: two lines over the run's seconds, with a legend.
+/// What a panel's horizontal axis shows: its name and its end (it starts at 0).
+struct XAxis<'a> {
+    desc: &'a str,
+    end: f64,
+    /// Mark each point (a sweep has a few steps, a run a point per second).
+    markers: bool,
+}
+
+/// One panel: lines over the x axis, with a legend.
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     caption: &str,
     unit: &str,
-    seconds: f64,
-    lines: [(&str, RGBColor, Points); 2],
+    x: &XAxis<'_>,
+    lines: Vec<(&str, RGBColor, Points)>,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     DB::ErrorType: 'static,
@@ -38,14 +48,13 @@ where
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(56)
-        .build_cartesian_2d(0f64..seconds, 0f64..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc(unit)
-        .draw()?;
+        .build_cartesian_2d(0f64..x.end, 0f64..top)?;
+    chart.configure_mesh().x_desc(x.desc).y_desc(unit).draw()?;
     for (label, color, points) in lines {
         let style = color.stroke_width(2);
+        if x.markers {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
         chart
             .draw_series(LineSeries::new(points, style))?
             .label(label)
@@ -59,43 +68,148 @@ where
     Ok(())
 }
 
-fn draw(report: &Report, out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::with_string(out, (WIDTH, HEIGHT)).into_drawing_area();
+/// A drawing area of an SVG written into a string.
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// A white SVG canvas `panels` panels high, drawn into `out`, with `title` on top: the
+/// whole (to present once drawn) and its panels, top to bottom.
+fn canvas<'a>(
+    out: &'a mut String,
+    panels: u32,
+    title: &str,
+) -> Result<(Area<'a>, Vec<Area<'a>>), Box<dyn std::error::Error>> {
+    let root = SVGBackend::with_string(out, (WIDTH, HEIGHT / 2 * panels)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(
-        &format!(
-            "flotilla load: {} arrivals/s offered, mix {}",
-            report.run.rate, report.run.scenario
-        ),
-        ("sans-serif", 18),
-    )?;
-    let panels = root.split_evenly((2, 1));
+    let titled = root.titled(title, ("sans-serif", 18))?;
+    let split = titled.split_evenly((panels as usize, 1));
+    Ok((root, split))
+}
+
+fn draw(report: &Report, out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
+    let title = format!(
+        "flotilla load: {} arrivals/s offered, mix {}",
+        report.run.rate, report.run.scenario
+    );
+    let (root, panels) = canvas(out, 2, &title)?;
     let t = &report.timeline;
-    let seconds = (t.len().max(1)) as f64;
+    let x = XAxis {
+        desc: "seconds",
+        end: (t.len().max(1)) as f64,
+        markers: false,
+    };
     // Each second's value is drawn at its middle.
     let series = |f: &dyn Fn(&SecondReport) -> Option<f64>| -> Points {
         t.iter()
             .filter_map(|s| f(s).map(|y| (s.second as f64 + 0.5, y)))
             .collect()
     };
+    let mut throughput = vec![
+        ("ok", BLUE, series(&|s| Some(s.ok as f64))),
+        ("errors", RED, series(&|s| Some(s.errors as f64))),
+    ];
+    let mut latency = vec![
+        ("p50", GREEN, series(&|s| s.p50_ms)),
+        ("p99", MAGENTA, series(&|s| s.p99_ms)),
+    ];
+    if report.saga.is_some() {
+        throughput.push(("CONFIRMED", BLACK, series(&|s| Some(s.confirmed as f64))));
+        latency.push((
+            "p99 accepted → CONFIRMED",
+            BLACK,
+            series(&|s| s.to_confirmed_p99_ms),
+        ));
+    }
     panel(
         &panels[0],
         "throughput (answers per second)",
         "requests/s",
-        seconds,
-        [
-            ("ok", BLUE, series(&|s| Some(s.ok as f64))),
-            ("errors", RED, series(&|s| Some(s.errors as f64))),
-        ],
+        &x,
+        throughput,
     )?;
     panel(
         &panels[1],
         "latency from the intended start (ms)",
         "ms",
-        seconds,
-        [
-            ("p50", GREEN, series(&|s| s.p50_ms)),
-            ("p99", MAGENTA, series(&|s| s.p99_ms)),
+        &x,
+        latency,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws a sweep in three panels against the offered rate: the rates achieved (arrivals
+/// sent, orders accepted, sagas ended, orders `CONFIRMED`, and the offered rate itself
+/// as the line to reach), the p50 and p99 time from acceptance to `CONFIRMED`, and the
+/// CPU used (the machine's busy cores, the system's processes, the servers).
+pub fn sweep_svg(report: &SweepReport) -> Result<String, String> {
+    let mut out = String::new();
+    draw_sweep(report, &mut out).map_err(|e| format!("drawing the sweep chart: {e}"))?;
+    Ok(out)
+}
+
+fn draw_sweep(report: &SweepReport, out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
+    let title = format!(
+        "flotilla load --sweep: mix {}, {}s per step, {} cores",
+        report.scenario, report.duration_s, report.cores
+    );
+    let (root, panels) = canvas(out, 3, &title)?;
+    let steps = &report.steps;
+    let x = XAxis {
+        desc: "offered arrivals/s",
+        end: steps.iter().map(|s| s.offered).fold(1.0, f64::max) * 1.05,
+        markers: true,
+    };
+    let series = |f: &dyn Fn(&super::sweep::StepReport) -> Option<f64>| -> Points {
+        steps
+            .iter()
+            .filter_map(|s| f(s).map(|y| (s.offered, y)))
+            .collect()
+    };
+    panel(
+        &panels[0],
+        "achieved against offered (per second)",
+        "per second",
+        &x,
+        vec![
+            (
+                "offered",
+                RGBColor(160, 160, 160),
+                series(&|s| Some(s.offered)),
+            ),
+            ("arrivals sent", BLUE, series(&|s| Some(s.achieved))),
+            ("orders accepted", CYAN, series(&|s| Some(s.accepted_rate))),
+            ("sagas ended", GREEN, series(&|s| Some(s.settled_rate))),
+            ("CONFIRMED", BLACK, series(&|s| Some(s.confirmed_rate))),
+        ],
+    )?;
+    panel(
+        &panels[1],
+        "time from accepted to CONFIRMED (ms, server-side)",
+        "ms",
+        &x,
+        vec![
+            ("p50", GREEN, series(&|s| s.to_confirmed_ms.p50)),
+            ("p99", MAGENTA, series(&|s| s.to_confirmed_ms.p99)),
+        ],
+    )?;
+    panel(
+        &panels[2],
+        "CPU (cores busy)",
+        "cores",
+        &x,
+        vec![
+            (
+                "machine",
+                RED,
+                series(&|s| s.cpu.machine_busy.map(|b| b * s.cpu.cores as f64)),
+            ),
+            (
+                "system's processes",
+                BLUE,
+                series(&|s| Some(s.cpu.system_cores)),
+            ),
+            ("servers", CYAN, series(&|s| Some(s.cpu.servers_cores))),
+            ("load generator", GREEN, series(&|s| s.cpu.generator_cores)),
         ],
     )?;
     root.present()?;
@@ -132,5 +246,30 @@ mod tests {
         // An empty run still draws (empty axes).
         let empty = Recorder::default().report(Run::example(), Duration::from_secs(1));
         assert!(svg(&empty).is_ok());
+    }
+
+    #[test]
+    fn a_run_that_followed_orders_draws_their_line() {
+        let mut r = Recorder::default();
+        r.follow_orders(Duration::from_secs(60));
+        r.settled(
+            true,
+            Some(Duration::from_millis(200)),
+            Duration::from_secs(1),
+        );
+        let drawn = svg(&r.report(Run::example(), Duration::from_secs(2))).unwrap();
+        assert!(drawn.contains("accepted → CONFIRMED"));
+    }
+
+    #[test]
+    fn the_sweep_chart_has_its_three_panels() {
+        let drawn = sweep_svg(&SweepReport::example()).unwrap();
+        assert!(drawn.starts_with("<svg"));
+        for says in ["achieved against offered", "to CONFIRMED", "CPU", "<circle"] {
+            assert!(drawn.contains(says), "{says}");
+        }
+        let mut empty = SweepReport::example();
+        empty.steps.clear();
+        assert!(sweep_svg(&empty).is_ok());
     }
 }

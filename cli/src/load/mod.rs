@@ -6,12 +6,17 @@
 //! latency every waiting arrival really saw (no coordinated omission). At most
 //! `--max-in-flight` scenarios run at once; an arrival beyond that is counted as an error,
 //! never queued. The end prints a table and writes `report.json` and `chart.svg`.
+//! With `--follow-orders` each accepted order is read until its saga ends, timed by the
+//! order's own timestamps; `--sweep` runs one such step per offered rate.
 
 mod chart;
+mod cpu;
+mod saga;
 mod scenario;
 mod schedule;
 mod shop;
 mod stats;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +36,16 @@ use stats::{Recorder, Run};
 
 pub use stats::Report;
 
-/// `flotilla load …`
+/// `flotilla load …`: one run, or a sweep of runs at rising rates.
+#[derive(Debug, clap::Args)]
+pub struct LoadCommand {
+    #[command(flatten)]
+    load: Load,
+    #[command(flatten)]
+    sweep: sweep::Sweep,
+}
+
+/// What one load run does (also what `flotilla chaos run` puts under load).
 #[derive(Debug, clap::Args)]
 pub struct Load {
     /// The gateway to send the load to.
@@ -68,11 +82,24 @@ pub struct Load {
     /// administrator's credentials from `<data dir>/admin-credentials.json`.
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
     data_dir: PathBuf,
+    /// After an order is accepted (`202`), read it every 250 ms (every second once it is
+    /// older than 5 s) until it is CONFIRMED or CANCELLED and record the time from
+    /// acceptance to its end by the order's own timestamps (`saga: accepted → …` rows);
+    /// those reads are not in the table.
+    #[arg(long)]
+    follow_orders: bool,
+    /// How long a followed order may take to end before it counts as not settled.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    follow_deadline: Duration,
 }
 
 /// Runs `flotilla load`.
-pub fn load(args: Load) -> ExitCode {
-    crate::block_on("load", run(args))
+pub fn load(args: LoadCommand) -> ExitCode {
+    if args.sweep.is_sweep() {
+        crate::block_on("load", sweep::run(args.load, args.sweep))
+    } else {
+        crate::block_on("load", run(args.load))
+    }
 }
 
 async fn run(args: Load) -> anyhow::Result<()> {
@@ -125,8 +152,36 @@ pub async fn generate(
     stop: impl std::future::Future<Output = ()>,
     started: impl FnOnce(Instant),
 ) -> anyhow::Result<Report> {
-    let schedule = Schedule::new(args.rate, args.duration).map_err(anyhow::Error::msg)?;
-    let mix = args.scenario.clone();
+    Schedule::new(args.rate, args.duration).map_err(anyhow::Error::msg)?;
+    let prepared = prepare(args).await?;
+    let follow = args.follow_orders.then_some(args.follow_deadline);
+    drive(
+        args,
+        args.rate,
+        follow,
+        &prepared,
+        progress_bar,
+        stop,
+        started,
+    )
+    .await
+}
+
+/// What the runs against one gateway share: the client, and the virtual users and
+/// catalog set up before the first of them.
+#[derive(Debug)]
+struct Prepared {
+    http: reqwest::Client,
+    base: String,
+    run_id: String,
+    users: usize,
+    setup: Arc<Setup>,
+}
+
+/// Checks `args` and does the unmeasured set-up: the catalog, the virtual users, the
+/// administrator and the stock.
+async fn prepare(args: &Load) -> anyhow::Result<Prepared> {
+    let mix = &args.scenario;
     if mix.needs_users() && args.users == 0 {
         bail!("the mix {mix} acts as virtual users: --users must be at least 1");
     }
@@ -151,15 +206,41 @@ pub async fn generate(
     if (mix.has(Scenario::Order) || mix.has(Scenario::Cancel)) && !setup.has_products() {
         bail!("the catalog is empty: there is nothing to order");
     }
+    Ok(Prepared {
+        http,
+        base,
+        run_id,
+        users,
+        setup: Arc::new(setup),
+    })
+}
 
-    let recorder = Arc::new(Mutex::new(Recorder::default()));
+/// One measured run at `rate` arrivals/s over a prepared set-up, following accepted
+/// orders for up to `follow` each when it is given.
+async fn drive(
+    args: &Load,
+    rate: f64,
+    follow: Option<Duration>,
+    prepared: &Prepared,
+    progress_bar: bool,
+    stop: impl std::future::Future<Output = ()>,
+    started: impl FnOnce(Instant),
+) -> anyhow::Result<Report> {
+    let schedule = Schedule::new(rate, args.duration).map_err(anyhow::Error::msg)?;
+    let mix = &args.scenario;
+    let base = prepared.base.clone();
+    let mut recorder = Recorder::default();
+    if let Some(deadline) = follow {
+        recorder.follow_orders(deadline);
+    }
+    let recorder = Arc::new(Mutex::new(recorder));
     let start = Instant::now();
     started(start);
     let shop = Arc::new(Shop::new(
-        http,
+        prepared.http.clone(),
         base.clone(),
-        setup,
-        run_id,
+        prepared.setup.clone(),
+        prepared.run_id.clone(),
         recorder.clone(),
         start,
     ));
@@ -171,9 +252,13 @@ pub async fn generate(
     let ticker = tokio::spawn(live(bar.clone(), recorder.clone(), start));
 
     let in_flight = Arc::new(Semaphore::new(args.max_in_flight));
+    // Scenarios and the followers of their orders; a follower gives its scenario's
+    // in-flight permit back first (waiting for a saga is not a request in flight).
+    let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     let mut interrupted = false;
     for n in 0..schedule.len() {
+        while tasks.try_join_next().is_some() {}
         let due = start + schedule.due(n);
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
@@ -194,20 +279,32 @@ pub async fn generate(
         }
         if let Ok(permit) = permit {
             let shop = shop.clone();
-            tokio::spawn(async move {
-                shop.run(scenario, due).await;
+            tasks.spawn(async move {
+                let placed = shop.run(scenario, due).await;
                 drop(permit);
+                if let (Some(placed), Some(deadline)) = (placed, follow) {
+                    shop.follow(placed, deadline).await;
+                }
             });
         }
         bar.inc(1);
     }
-    // A scenario makes at most four requests (refresh, login, order, read back).
-    let drain = args.timeout * 4 + Duration::from_secs(1);
-    let all = u32::try_from(args.max_in_flight).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(drain, in_flight.acquire_many(all))
+    // A scenario makes at most four requests (refresh, login, order, read back); a
+    // follower reads until its deadline, the last read bounded by the timeout.
+    // Interrupted, the followers are not waited for.
+    let followers = follow.filter(|_| !interrupted);
+    let drain = args.timeout * 4
+        + Duration::from_secs(1)
+        + followers.map_or(Duration::ZERO, |d| d + args.timeout);
+    let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
         .await
         .is_ok();
-    let elapsed = start.elapsed();
+    tasks.abort_all();
+    // Until the last answer: with followers, the last of the scenarios' own requests.
+    let elapsed = match follow {
+        None => start.elapsed(),
+        Some(_) => recorder.lock().expect("recorder lock").last_answer(),
+    };
     ticker.abort();
     bar.finish_and_clear();
     if interrupted {
@@ -222,7 +319,7 @@ pub async fn generate(
         scenario: mix.to_string(),
         rate: schedule.rate(),
         duration_s: schedule.duration().as_secs_f64(),
-        users,
+        users: prepared.users,
         max_in_flight: args.max_in_flight,
         started_at: humantime::format_rfc3339_seconds(SystemTime::now() - elapsed).to_string(),
     };
@@ -231,13 +328,26 @@ pub async fn generate(
 
 /// Writes `report.json` and `chart.svg` into `dir`.
 pub fn write_report(dir: &std::path::Path, report: &Report) -> anyhow::Result<()> {
+    write_files(
+        dir,
+        ("report.json", report),
+        ("chart.svg", chart::svg(report)),
+    )
+}
+
+/// Writes `json` as JSON and the drawn `svg` into `dir`, each under its file name.
+fn write_files(
+    dir: &std::path::Path,
+    (json_name, json): (&str, &impl serde::Serialize),
+    (svg_name, svg): (&str, Result<String, String>),
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let json = serde_json::to_vec_pretty(report)?;
-    std::fs::write(dir.join("report.json"), json)
-        .with_context(|| format!("writing {}", dir.join("report.json").display()))?;
-    let svg = chart::svg(report).map_err(anyhow::Error::msg)?;
-    std::fs::write(dir.join("chart.svg"), svg)
-        .with_context(|| format!("writing {}", dir.join("chart.svg").display()))?;
+    let json = serde_json::to_vec_pretty(json)?;
+    std::fs::write(dir.join(json_name), json)
+        .with_context(|| format!("writing {}", dir.join(json_name).display()))?;
+    let svg = svg.map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.join(svg_name), svg)
+        .with_context(|| format!("writing {}", dir.join(svg_name).display()))?;
     Ok(())
 }
 

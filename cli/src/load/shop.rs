@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::saga::{self, Seen};
 use super::scenario::{self, Scenario};
 use super::stats::{Failure, Outcome, Recorder};
 
@@ -24,6 +25,18 @@ const REFRESH_AHEAD: Duration = Duration::from_secs(60);
 
 /// How often a set-up call is tried when the gateway rate-limits it.
 const SETUP_ATTEMPTS: u32 = 60;
+
+/// How often a followed order is read again until it ends: every 250 ms at first, every
+/// second once it is older than 5 s. The time recorded comes from the order's own
+/// timestamps, so reading less often loses no precision; it only keeps the reads of a
+/// backlog of slow sagas from becoming the load (four reads a second per order).
+fn follow_every(waited: Duration) -> Duration {
+    if waited < Duration::from_secs(5) {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(1)
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct Tokens {
@@ -68,6 +81,8 @@ pub struct Setup {
     users: Vec<tokio::sync::Mutex<Session>>,
     admin: Option<tokio::sync::Mutex<Session>>,
     skus: Vec<String>,
+    /// Sign-ups so far, so each new address is unique for the whole set-up's life.
+    signups: AtomicU64,
 }
 
 /// The `{"email", "password"}` file `flotilla up` writes for the seeded administrator.
@@ -212,6 +227,7 @@ impl Setup {
                 .collect(),
             admin: admin.map(tokio::sync::Mutex::new),
             skus,
+            signups: AtomicU64::new(0),
         })
     }
 
@@ -226,11 +242,18 @@ impl Setup {
 pub struct Shop {
     http: reqwest::Client,
     base: String,
-    setup: Setup,
+    setup: Arc<Setup>,
     run_id: String,
-    signups: AtomicU64,
     recorder: Arc<Mutex<Recorder>>,
     start: Instant,
+}
+
+/// An order the `order` scenario placed, as it read it back.
+#[derive(Debug)]
+pub struct Placed {
+    path: String,
+    token: String,
+    order: Value,
 }
 
 impl Shop {
@@ -238,7 +261,7 @@ impl Shop {
     pub fn new(
         http: reqwest::Client,
         base: String,
-        setup: Setup,
+        setup: Arc<Setup>,
         run_id: String,
         recorder: Arc<Mutex<Recorder>>,
         start: Instant,
@@ -248,7 +271,6 @@ impl Shop {
             base,
             setup,
             run_id,
-            signups: AtomicU64::new(0),
             recorder,
             start,
         }
@@ -360,30 +382,69 @@ impl Shop {
         Some((placed["order_id"].as_str()?.to_owned(), token))
     }
 
+    /// Reads a placed order again ([`follow_every`]) until it is `CONFIRMED` or
+    /// `CANCELLED`, for at most `deadline`, and records how long its saga took by the
+    /// order's own timestamps. The reads are not measured requests: they would swamp
+    /// the endpoint's latencies with the follower's own polling.
+    pub async fn follow(&self, placed: Placed, deadline: Duration) {
+        let since = Instant::now();
+        let until = since + deadline;
+        let mut order = placed.order;
+        loop {
+            let took = match saga::seen(&order) {
+                Seen::Pending => None,
+                Seen::Confirmed(took) => Some((true, took)),
+                Seen::Cancelled(took) => Some((false, took)),
+            };
+            if let Some((confirmed, took)) = took {
+                let at = Instant::now().saturating_duration_since(self.start);
+                let mut r = self.recorder.lock().expect("recorder lock");
+                r.settled(confirmed, took, at);
+                return;
+            }
+            let every = follow_every(since.elapsed());
+            if Instant::now() + every > until {
+                self.recorder.lock().expect("recorder lock").unsettled();
+                return;
+            }
+            tokio::time::sleep(every).await;
+            let read = self
+                .request(Method::GET, &placed.path, Some(&placed.token))
+                .send()
+                .await;
+            let body = match read {
+                Ok(res) if res.status() == StatusCode::OK => res.json::<Value>().await.ok(),
+                _ => None,
+            };
+            self.recorder
+                .lock()
+                .expect("recorder lock")
+                .poll(body.is_some());
+            if let Some(v) = body {
+                order = v;
+            }
+        }
+    }
+
     /// Runs one arrival of `scenario`, due at `due`. Its first request's latency counts
-    /// from `due`; each later step's from when the step before it ended.
-    pub async fn run(&self, scenario: Scenario, due: Instant) {
+    /// from `due`; each later step's from when the step before it ended. Returns the
+    /// order an `order` arrival placed and read back.
+    pub async fn run(&self, scenario: Scenario, due: Instant) -> Option<Placed> {
         match scenario {
             Scenario::Browse => {
                 let token = match self.any_user() {
-                    Some(user) => match self.token(user).await {
-                        Some(t) => Some(t),
-                        None => return,
-                    },
+                    Some(user) => Some(self.token(user).await?),
                     None => None,
                 };
                 let token = token.as_deref();
-                let Some(list) = self
+                let list = self
                     .send(
                         "GET /api/products",
                         self.request(Method::GET, "/api/products?limit=20", token),
                         due,
                         &[200],
                     )
-                    .await
-                else {
-                    return;
-                };
+                    .await?;
                 let listed: Vec<&str> = list["items"]
                     .as_array()
                     .into_iter()
@@ -391,7 +452,7 @@ impl Shop {
                     .filter_map(|p| p["sku"].as_str())
                     .collect();
                 let sku = match listed.len() {
-                    0 => return,
+                    0 => return None,
                     n => listed[rand::rng().random_range(0..n)].to_owned(),
                 };
                 let path = format!("/api/products/{sku}");
@@ -404,7 +465,7 @@ impl Shop {
                 .await;
             }
             Scenario::Register => {
-                let n = self.signups.fetch_add(1, Ordering::Relaxed);
+                let n = self.setup.signups.fetch_add(1, Ordering::Relaxed);
                 let email = format!("load-{}-s{n}@example.com", self.run_id);
                 let req = self
                     .request(Method::POST, "/api/auth/register", None)
@@ -418,16 +479,18 @@ impl Shop {
                 }
             }
             Scenario::Order => {
-                if let Some((id, token)) = self.place_order(due).await {
-                    let path = format!("/api/orders/{id}");
-                    self.send(
+                let (id, token) = self.place_order(due).await?;
+                let path = format!("/api/orders/{id}");
+                let order = self
+                    .send(
                         "GET /api/orders/{id}",
                         self.request(Method::GET, &path, Some(&token)),
                         Instant::now(),
                         &[200],
                     )
-                    .await;
-                }
+                    .await
+                    .unwrap_or(Value::Null);
+                return Some(Placed { path, token, order });
             }
             Scenario::Cancel => {
                 if let Some((id, token)) = self.place_order(due).await {
@@ -460,5 +523,25 @@ impl Shop {
                 }
             }
         }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_followed_order_is_read_less_often_once_it_is_slow() {
+        assert_eq!(follow_every(Duration::ZERO), Duration::from_millis(250));
+        assert_eq!(
+            follow_every(Duration::from_millis(4900)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(follow_every(Duration::from_secs(5)), Duration::from_secs(1));
+        assert_eq!(
+            follow_every(Duration::from_secs(59)),
+            Duration::from_secs(1)
+        );
     }
 }

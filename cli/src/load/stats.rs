@@ -8,6 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::saga::{TO_CANCELLED, TO_CONFIRMED};
+
 /// Latencies are kept in microseconds, from 1 µs to an hour.
 const MAX_MICROS: u64 = 3_600_000_000;
 
@@ -67,6 +69,8 @@ struct Second {
     ok: u64,
     errors: u64,
     latency: Histogram<u64>,
+    confirmed: u64,
+    to_confirmed: Histogram<u64>,
 }
 
 impl Second {
@@ -75,8 +79,24 @@ impl Second {
             ok: 0,
             errors: 0,
             latency: histogram(2),
+            confirmed: 0,
+            to_confirmed: histogram(2),
         }
     }
+}
+
+/// Accepted orders followed until they ended, with server-side times.
+#[derive(Debug)]
+struct Sagas {
+    deadline: Duration,
+    to_confirmed: Histogram<u64>,
+    to_cancelled: Histogram<u64>,
+    confirmed: u64,
+    cancelled: u64,
+    unsettled: u64,
+    reads: u64,
+    poll_errors: u64,
+    last_settled: Duration,
 }
 
 /// Everything measured so far. Endpoints are route templates
@@ -89,6 +109,8 @@ pub struct Recorder {
     arrivals: u64,
     overflow: u64,
     dispatch_lag: Duration,
+    last_answer: Duration,
+    sagas: Option<Sagas>,
 }
 
 impl Recorder {
@@ -116,6 +138,7 @@ impl Recorder {
             errors: BTreeMap::new(),
         });
         e.latency.saturating_record(micros(latency));
+        self.last_answer = self.last_answer.max(at);
         if let Outcome::Ok(s) | Outcome::Unexpected(s) = outcome {
             *e.statuses.entry(s.to_string()).or_default() += 1;
         }
@@ -133,6 +156,70 @@ impl Recorder {
                 *self.errors.entry(key).or_default() += 1;
             }
         }
+    }
+
+    /// Accepted orders are followed until they end, for at most `deadline` each.
+    pub fn follow_orders(&mut self, deadline: Duration) {
+        self.sagas = Some(Sagas {
+            deadline,
+            to_confirmed: histogram(3),
+            to_cancelled: histogram(3),
+            confirmed: 0,
+            cancelled: 0,
+            unsettled: 0,
+            reads: 0,
+            poll_errors: 0,
+            last_settled: Duration::ZERO,
+        });
+    }
+
+    /// A followed order was seen `CONFIRMED` (`CANCELLED` if not `confirmed`) `at` (from
+    /// the start of the run), `took` after it was accepted by the server's clock (`None`
+    /// when its document lacked the timestamps: counted, but no sample).
+    pub fn settled(&mut self, confirmed: bool, took: Option<Duration>, at: Duration) {
+        let Some(s) = self.sagas.as_mut() else {
+            return;
+        };
+        s.last_settled = s.last_settled.max(at);
+        let took = took.map(micros);
+        if !confirmed {
+            s.cancelled += 1;
+            if let Some(took) = took {
+                s.to_cancelled.saturating_record(took);
+            }
+            return;
+        }
+        s.confirmed += 1;
+        if let Some(took) = took {
+            s.to_confirmed.saturating_record(took);
+        }
+        // The timeline puts it by the second it was seen CONFIRMED.
+        let second = self.second(at);
+        second.confirmed += 1;
+        if let Some(took) = took {
+            second.to_confirmed.saturating_record(took);
+        }
+    }
+
+    /// A followed order had not ended by the deadline.
+    pub fn unsettled(&mut self) {
+        if let Some(s) = self.sagas.as_mut() {
+            s.unsettled += 1;
+        }
+    }
+
+    /// A followed order was read again; `answered` if that gave its document (if not,
+    /// it is read again at the next turn).
+    pub fn poll(&mut self, answered: bool) {
+        if let Some(s) = self.sagas.as_mut() {
+            s.reads += 1;
+            s.poll_errors += u64::from(!answered);
+        }
+    }
+
+    /// When the latest request ended, from the start of the run.
+    pub fn last_answer(&self) -> Duration {
+        self.last_answer
     }
 
     /// An arrival was issued `lag` after it was due.
@@ -190,8 +277,29 @@ impl Recorder {
                 errors: s.errors,
                 p50_ms: quantile_ms(&s.latency, 0.5),
                 p99_ms: quantile_ms(&s.latency, 0.99),
+                confirmed: s.confirmed,
+                to_confirmed_p99_ms: quantile_ms(&s.to_confirmed, 0.99),
             })
             .collect();
+        let saga = self.sagas.as_ref().map(|s| SagaReport {
+            deadline_s: s.deadline.as_secs_f64(),
+            followed: s.confirmed + s.cancelled + s.unsettled,
+            confirmed: s.confirmed,
+            cancelled: s.cancelled,
+            unsettled: s.unsettled,
+            reads: s.reads,
+            poll_errors: s.poll_errors,
+            last_settled_s: round3(s.last_settled.as_secs_f64()),
+            confirmed_rate: round3(
+                s.confirmed as f64 / s.last_settled.as_secs_f64().max(run.duration_s),
+            ),
+            settled_rate: round3(
+                (s.confirmed + s.cancelled) as f64
+                    / s.last_settled.as_secs_f64().max(run.duration_s),
+            ),
+            to_confirmed_ms: Percentiles::of(&s.to_confirmed),
+            to_cancelled_ms: Percentiles::of(&s.to_cancelled),
+        });
         Report {
             arrivals: self.arrivals,
             overflow: self.overflow,
@@ -207,6 +315,7 @@ impl Recorder {
             errors_by_status: self.errors.clone(),
             endpoints,
             timeline,
+            saga,
             run,
         }
     }
@@ -247,6 +356,17 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// Nothing measured.
+    pub fn none() -> Self {
+        Self {
+            p50: None,
+            p90: None,
+            p99: None,
+            p99_9: None,
+            max: None,
+        }
+    }
+
     fn of(h: &Histogram<u64>) -> Self {
         Self {
             p50: quantile_ms(h, 0.5),
@@ -280,6 +400,40 @@ pub struct SecondReport {
     pub errors: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Followed orders seen `CONFIRMED` in this second (with `--follow-orders`).
+    #[serde(default)]
+    pub confirmed: u64,
+    /// The p99 time from acceptance to `CONFIRMED` of those orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_confirmed_p99_ms: Option<f64>,
+}
+
+/// Accepted orders followed (`--follow-orders`) until `CONFIRMED` or `CANCELLED`. Times
+/// come from the order's own timestamps: to `CONFIRMED` is the `confirm_order` step's
+/// `at` minus `created_at`, to `CANCELLED` `updated_at` minus `created_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaReport {
+    /// How long an order was read again before it counted as unsettled.
+    pub deadline_s: f64,
+    pub followed: u64,
+    pub confirmed: u64,
+    pub cancelled: u64,
+    /// Still not ended at the deadline.
+    pub unsettled: u64,
+    /// Reads of followed orders after the scenario's own read-back (not in the endpoint
+    /// table: they are the follower's, not a shopper's).
+    pub reads: u64,
+    /// Of those, the reads that got no usable answer (read again).
+    pub poll_errors: u64,
+    /// When the last followed order was seen ended, from the first arrival.
+    pub last_settled_s: f64,
+    /// `CONFIRMED` orders per second, over the run's duration or until the last one
+    /// ended if that was later.
+    pub confirmed_rate: f64,
+    /// `CONFIRMED` and `CANCELLED` orders per second, likewise.
+    pub settled_rate: f64,
+    pub to_confirmed_ms: Percentiles,
+    pub to_cancelled_ms: Percentiles,
 }
 
 /// The report `flotilla load` prints and writes as `report.json`.
@@ -305,6 +459,9 @@ pub struct Report {
     pub errors_by_status: BTreeMap<String, u64>,
     pub endpoints: Vec<EndpointReport>,
     pub timeline: Vec<SecondReport>,
+    /// With `--follow-orders`: how the accepted orders' sagas ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<SagaReport>,
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -350,19 +507,39 @@ impl Report {
             "\n{:<32} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "ENDPOINT", "REQUESTS", "ERRORS", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
         );
-        for e in &self.endpoints {
-            let l = &e.latency_ms;
+        let mut row = |name: &str, requests: u64, errors: String, l: &Percentiles| {
             let _ = writeln!(
                 out,
                 "{:<32} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                e.endpoint,
-                e.requests,
-                e.requests - e.ok,
+                name,
+                requests,
+                errors,
                 cell(l.p50),
                 cell(l.p90),
                 cell(l.p99),
                 cell(l.p99_9),
                 cell(l.max),
+            );
+        };
+        for e in &self.endpoints {
+            let errors = (e.requests - e.ok).to_string();
+            row(&e.endpoint, e.requests, errors, &e.latency_ms);
+        }
+        if let Some(s) = &self.saga {
+            // Orders, not requests; the unsettled ones are counted below.
+            row(TO_CONFIRMED, s.confirmed, "-".into(), &s.to_confirmed_ms);
+            row(TO_CANCELLED, s.cancelled, "-".into(), &s.to_cancelled_ms);
+            let _ = writeln!(
+                out,
+                "\n{} orders followed: {} CONFIRMED ({:.2}/s), {} CANCELLED, {} not ended within {}s; {} reads to follow them, {} without an answer",
+                s.followed,
+                s.confirmed,
+                s.confirmed_rate,
+                s.cancelled,
+                s.unsettled,
+                s.deadline_s,
+                s.reads,
+                s.poll_errors,
             );
         }
         out
@@ -482,6 +659,61 @@ mod tests {
     fn an_endpoint_without_answers_has_no_percentiles() {
         let h = histogram(3);
         assert_eq!(Percentiles::of(&h).p99, None);
+    }
+
+    #[test]
+    fn followed_orders_get_their_own_rows_and_do_not_count_as_requests() {
+        let mut r = Recorder::default();
+        r.settled(
+            true,
+            Some(Duration::from_millis(300)),
+            Duration::from_secs(1),
+        );
+        assert!(r.report(run(), Duration::from_secs(2)).saga.is_none());
+        r.follow_orders(Duration::from_secs(60));
+        r.request(
+            "POST /api/orders",
+            Outcome::Ok(202),
+            Duration::from_millis(5),
+            Duration::ZERO,
+        );
+        for ms in [100, 200, 300] {
+            r.settled(
+                true,
+                Some(Duration::from_millis(ms)),
+                Duration::from_secs(1),
+            );
+        }
+        r.settled(true, None, Duration::from_millis(1500));
+        r.settled(
+            false,
+            Some(Duration::from_millis(80)),
+            Duration::from_secs(3),
+        );
+        r.unsettled();
+        r.poll(true);
+        r.poll(false);
+        let report = r.report(run(), Duration::from_secs(4));
+        assert_eq!((report.requests, report.ok), (1, 1));
+        let s = report.saga.as_ref().unwrap();
+        assert_eq!((s.followed, s.confirmed, s.cancelled), (6, 4, 1));
+        assert_eq!((s.unsettled, s.reads, s.poll_errors), (1, 2, 1));
+        assert_eq!(s.last_settled_s, 3.0);
+        // Four CONFIRMED in the 3 s until the last order ended (longer than the run).
+        assert!(
+            (s.confirmed_rate - 1.333).abs() < 1e-9,
+            "{}",
+            s.confirmed_rate
+        );
+        assert!((s.to_confirmed_ms.p99.unwrap() - 300.0).abs() < 0.5);
+        assert!((s.to_cancelled_ms.max.unwrap() - 80.0).abs() < 0.1);
+        assert_eq!(report.timeline[1].confirmed, 4);
+        assert!(report.timeline[1].to_confirmed_p99_ms.is_some());
+        let table = report.table();
+        assert!(table.contains("saga: accepted → CONFIRMED"), "{table}");
+        assert!(table.contains("1 not ended within 60s"), "{table}");
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::plan::{self, Experiment, Interval};
-use super::store;
+use super::{resilience, store};
 use crate::load::{self, Load, Report};
 use crate::services::NAMES;
 use crate::status::registry_url;
@@ -147,6 +147,8 @@ struct ChaosReport<'a> {
     max_error_rate_percent: f64,
     actions: &'a [Action],
     verdicts: Vec<Judged>,
+    /// What the breakers, retries and load shedding did.
+    resilience: &'a [resilience::Line],
 }
 
 /// Runs `flotilla chaos run`.
@@ -650,7 +652,27 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
         }
         actions
     };
-    let (report, mut actions) = tokio::join!(load, strikes);
+    // Every instance's breaker, retry and rejection counters, sampled while it lives.
+    let (stop_sampling, mut sampling_stopped) = tokio::sync::watch::channel(false);
+    let sampling = async {
+        let mut tracker = resilience::Tracker::default();
+        loop {
+            if let Ok(services) = registry.services().await {
+                tracker.sample(&services, &http).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(resilience::EVERY) => {}
+                _ = sampling_stopped.changed() => break,
+            }
+        }
+        tracker
+    };
+    let run = async {
+        let done = tokio::join!(load, strikes);
+        let _ = stop_sampling.send(true);
+        done
+    };
+    let ((report, mut actions), mut tracker) = tokio::join!(run, sampling);
     let report = report?;
     if args
         .experiments
@@ -698,9 +720,18 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
             verdict: Verdict::Violated(vec![format!("{e:#}")]),
         }),
     }
+    // The sagas settled meanwhile: their compensations' retries count too.
+    if let Ok(services) = registry.services().await {
+        tracker.sample(&services, &http).await;
+    }
+    let resilience = tracker.lines();
+    println!(
+        "\nwhat the breakers, retries and load shedding did (from every instance's /metrics):"
+    );
+    print!("{}", resilience::render(&resilience));
     println!();
     verify::print(&findings);
-    write(&args, seed, &report, &actions, &findings)?;
+    write(&args, seed, &report, &actions, &findings, &resilience)?;
     Ok(findings)
 }
 
@@ -783,6 +814,7 @@ fn write(
     report: &Report,
     actions: &[Action],
     findings: &[Finding],
+    resilience: &[resilience::Line],
 ) -> anyhow::Result<()> {
     let dir: &Path = args.load.report_dir();
     load::write_report(dir, report)?;
@@ -793,6 +825,7 @@ fn write(
         max_error_rate_percent: args.max_error_rate,
         actions,
         verdicts: findings.iter().map(Judged::from).collect(),
+        resilience,
     };
     let path = dir.join("chaos.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&chaos)?)

@@ -4,6 +4,7 @@
 
 mod experiment;
 mod plan;
+mod resilience;
 mod store;
 
 use std::process::ExitCode;

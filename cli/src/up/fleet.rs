@@ -833,7 +833,7 @@ impl Counts {
     }
 }
 
-fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
     let start = series.find(&format!("{name}=\""))? + name.len() + 2;
     let rest = &series[start..];
     Some(&rest[..rest.find('"')?])

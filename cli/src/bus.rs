@@ -1,30 +1,32 @@
-//! `flotilla bus`: look into the embedded event bus — subjects, consumer groups and their
-//! lag, events, dead letters — and replay a dead letter to the group that gave up on it.
+//! `flotilla bus`: look into the event bus — consumer groups and their lag, events, dead
+//! letters, on the embedded bus or NATS JetStream (through [`kit_events::inspect`]) — and,
+//! on the embedded bus, list subjects and replay a dead letter to the group that gave up
+//! on it.
 //!
-//! It talks to the bus service's HTTP API (`bus://host:port`, from `--bus`,
-//! `FLOTILLA_BUS` or the default of `flotilla up`). NATS JetStream has its own tooling
-//! (`nats stream ls`, `nats consumer report`); the dead-letter subjects are the same.
+//! The bus is `--bus`, else the configured one (`FLOTILLA_BUS`, the profile's file, or
+//! the default of `flotilla up`). On NATS, `nats stream ls` and `nats consumer report`
+//! show the rest; the dead-letter subjects are the same.
 
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use kit_events::embedded::wire::DeliveryLine;
+use kit_events::inspect::{self, Logged};
 use serde::Deserialize;
 
 /// `flotilla bus …`
 #[derive(Debug, clap::Args)]
 pub struct Bus {
-    /// The bus (`bus://host:port`).
-    #[arg(long, env = "FLOTILLA_BUS", default_value = kit_events::DEFAULT_BUS_URL, global = true)]
-    bus: String,
+    /// The bus (`bus://host:port` or `nats://…`); by default the configured one.
+    #[arg(long, global = true)]
+    bus: Option<String>,
     #[command(subcommand)]
     command: BusCommand,
 }
 
 #[derive(Debug, Subcommand)]
 enum BusCommand {
-    /// Subjects with their retained events and newest position.
+    /// Subjects with their retained events and newest position (embedded bus).
     Subjects,
     /// Consumer groups with their filters, lag (not yet delivered) and pending (unacked).
     Groups,
@@ -35,7 +37,7 @@ enum BusCommand {
         subject: String,
         /// Only events after this position.
         #[arg(long, default_value_t = 0)]
-        after: i64,
+        after: u64,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -48,7 +50,8 @@ enum BusCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Offer a dead letter's event again to the group that dead-lettered it.
+    /// Offer a dead letter's event again to the group that dead-lettered it (embedded
+    /// bus).
     Replay {
         /// The dead letter's position (from `dead-letters`).
         seq: i64,
@@ -62,24 +65,12 @@ struct SubjectInfo {
     last_seq: i64,
 }
 
-/// A consumer group as the bus reports it.
-#[derive(Debug, Deserialize)]
-pub(crate) struct GroupInfo {
-    pub name: String,
-    pub subjects: Vec<String>,
-    pub cursor: i64,
-    /// Events of its subjects not yet delivered.
-    pub lag: i64,
-    /// Delivered, not yet acknowledged.
-    pub pending: i64,
-}
-
 /// Runs a bus command.
 pub fn bus(cmd: Bus) -> ExitCode {
     crate::block_on("bus", run(cmd))
 }
 
-pub(crate) fn base_url(url: &str) -> anyhow::Result<String> {
+fn base_url(url: &str) -> anyhow::Result<String> {
     match url.strip_prefix("bus://") {
         Some(authority) if !authority.is_empty() => Ok(format!(
             "{}://{}",
@@ -126,7 +117,7 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
         .with_context(|| format!("{url}: unexpected answer"))
 }
 
-fn print_events(events: &[DeliveryLine]) {
+fn print_events(events: &[Logged]) {
     if events.is_empty() {
         println!("(none)");
     }
@@ -142,9 +133,17 @@ fn print_events(events: &[DeliveryLine]) {
 }
 
 async fn run(cmd: Bus) -> anyhow::Result<()> {
-    let base = base_url(&cmd.bus)?;
+    let url = cmd
+        .bus
+        .unwrap_or_else(|| kit_events::url_from_config(&kit::config::Config::load()));
+    let bus = || async {
+        inspect::connect(&url, "--bus")
+            .await
+            .with_context(|| format!("cannot read the bus {}", kit::store::redact(&url)))
+    };
     match cmd.command {
         BusCommand::Subjects => {
+            let base = base_url(&url)?;
             let subjects: Vec<SubjectInfo> = get(format!("{base}/v1/subjects")).await?;
             println!("{:<48} {:>10} {:>10}", "SUBJECT", "EVENTS", "LAST");
             for s in subjects {
@@ -152,16 +151,12 @@ async fn run(cmd: Bus) -> anyhow::Result<()> {
             }
         }
         BusCommand::Groups => {
-            let groups: Vec<GroupInfo> = get(format!("{base}/v1/groups")).await?;
-            println!(
-                "{:<28} {:>10} {:>8} {:>8}  SUBJECTS",
-                "GROUP", "CURSOR", "LAG", "PENDING"
-            );
+            let groups = bus().await?.groups().await?;
+            println!("{:<28} {:>8} {:>8}  SUBJECTS", "GROUP", "LAG", "PENDING");
             for g in groups {
                 println!(
-                    "{:<28} {:>10} {:>8} {:>8}  {}",
+                    "{:<28} {:>8} {:>8}  {}",
                     g.name,
-                    g.cursor,
                     g.lag,
                     g.pending,
                     g.subjects.join(",")
@@ -173,28 +168,20 @@ async fn run(cmd: Bus) -> anyhow::Result<()> {
             after,
             limit,
         } => {
-            let url = reqwest::Url::parse_with_params(
-                &format!("{base}/v1/events"),
-                &[
-                    ("subject", subject),
-                    ("after", after.to_string()),
-                    ("limit", limit.to_string()),
-                ],
-            )?;
-            print_events(&get::<Vec<DeliveryLine>>(url.into()).await?);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            print_events(&bus().await?.events(&subject, after, limit).await?);
         }
         BusCommand::DeadLetters { group, limit } => {
-            let filter = match group {
-                Some(g) => format!("deadletter.{g}.>"),
-                None => "deadletter.>".to_owned(),
-            };
-            let url = reqwest::Url::parse_with_params(
-                &format!("{base}/v1/events"),
-                &[("subject", filter), ("limit", limit.to_string())],
-            )?;
-            print_events(&get::<Vec<DeliveryLine>>(url.into()).await?);
+            let mut dead = bus().await?.dead_letters().await?;
+            if let Some(g) = group {
+                let prefix = format!("deadletter.{g}.");
+                dead.retain(|d| d.subject.starts_with(&prefix));
+            }
+            dead.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            print_events(&dead);
         }
         BusCommand::Replay { seq } => {
+            let base = base_url(&url)?;
             let url = format!("{base}/v1/deadletters/{seq}/replay");
             let response = client()?
                 .post(&url)

@@ -6,12 +6,52 @@
 //! stream). Four tasks publish; one consumer receives and acknowledges each event.
 //! Latency is from the start of a publish to its delivery; throughput is events
 //! delivered and acknowledged per second.
+//!
+//! Then the outbox relay: as many rows written to a SQLite outbox in one transaction,
+//! published by one [`Relay`] to each backend (rows published and marked sent per
+//! second).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kit_events::outbox::{self, Relay, RelayConfig};
 use kit_events::{Event, EventBus, Group};
+
+/// The outbox's tables, as a producer's migrations would create them.
+static OUTBOX: [kit::store::Migration; 1] = [kit::store::Migration {
+    version: 1,
+    description: "outbox and inbox",
+    sql: outbox::SQLITE_SCHEMA,
+}];
+
+/// Rows per second one relay publishes from a SQLite outbox to `bus`.
+async fn relay(name: &str, bus: Arc<dyn EventBus>, rows: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    let pool = kit::store::sqlite::open(&url, "bench", &OUTBOX)
+        .await
+        .expect("outbox database");
+    let mut tx = pool.begin().await.unwrap();
+    for n in 0..rows {
+        let e = Event::new("bench", "bench.relay", serde_json::json!({ "n": n }));
+        outbox::enqueue(&mut *tx, "bench.relay", &e).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let relay = Relay::new(pool, bus, RelayConfig::default());
+    let begin = Instant::now();
+    let mut sent = 0;
+    while sent < rows {
+        let round = relay.relay_once().await.expect("relay round");
+        assert!(!round.failed, "a publish failed");
+        sent += round.sent;
+    }
+    let total = begin.elapsed();
+    println!(
+        "| {name} | {rows} | {:.0} |",
+        rows as f64 / total.as_secs_f64()
+    );
+}
 
 const PUBLISHERS: usize = 4;
 
@@ -73,7 +113,7 @@ async fn main() {
     println!("| backend | events | events/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
     let embedded = kit_events::connect(&url, "bench").await.unwrap();
-    bench("embedded bus (SQLite WAL)", embedded, events).await;
+    bench("embedded bus (SQLite WAL)", embedded.clone(), events).await;
 
     let base =
         std::env::var("FLOTILLA_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
@@ -86,6 +126,10 @@ async fn main() {
     {
         Ok(nats) => {
             bench("NATS JetStream (file)", Arc::new(nats.clone()), events).await;
+            println!("\n| outbox relay (SQLite) to | rows | rows/s |");
+            println!("|---|---|---|");
+            relay("embedded bus", embedded, events).await;
+            relay("NATS JetStream (file)", Arc::new(nats.clone()), events).await;
             let _ = nats.delete_stream().await;
         }
         Err(e) => eprintln!("NATS skipped: {e}"),

@@ -16,7 +16,9 @@
 //! The schemas ([`SQLITE_SCHEMA`], [`MYSQL_SCHEMA`], [`POSTGRES_SCHEMA`]) go into the
 //! service's own migrations. [`enqueue`] and [`record_handled`] are the SQLite versions;
 //! [`mysql`] and [`postgres`] hold the same two functions for those backends, and every
-//! backend's pool is an [`OutboxStore`] that a [`Relay`] drains.
+//! backend's pool is an [`OutboxStore`] that a [`Relay`] drains. A store that is not SQL
+//! (a Redis outbox written by the producer's scripts) implements [`OutboxStore`] too and
+//! reports its failures as [`OutboxError::Backend`].
 //!
 //! [`inbox_page`] (and its twins in [`mysql`] and [`postgres`]) reads a consumer's
 //! inbox back, page by page, for a service's `GET /admin/inbox` ([`InboxPage`]).
@@ -118,13 +120,40 @@ impl InboxPage {
     }
 }
 
-/// The outbox table of one database, as the [`Relay`] uses it. Implemented for
-/// `SqlitePool`, `MySqlPool` and `PgPool`.
+/// An outbox store or the relay reading it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The SQL database failed.
+    #[error("outbox: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A store of another kind failed (connection lost, a script refused, bad data).
+    #[error("outbox: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// A row's payload is not a CloudEvent.
+    #[error("outbox row {position} holds no valid event: {source}")]
+    Payload {
+        /// The row.
+        position: i64,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+}
+
+impl OutboxError {
+    /// The failure of a store that is not SQL.
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Backend(e.into())
+    }
+}
+
+/// The outbox of one database, as the [`Relay`] uses it. Implemented for `SqlitePool`,
+/// `MySqlPool` and `PgPool`; any other store of rows written in the producer's own
+/// atomic change can implement it.
 pub trait OutboxStore: Send + Sync + 'static {
     /// Up to `limit` unsent rows, oldest first.
-    fn due(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>, sqlx::Error>>;
+    fn due(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>, OutboxError>>;
     /// Marks a row published.
-    fn mark_sent(&self, position: i64) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    fn mark_sent(&self, position: i64) -> BoxFuture<'_, Result<(), OutboxError>>;
     /// Records a failed publish and when to try again.
     fn mark_failed(
         &self,
@@ -132,11 +161,11 @@ pub trait OutboxStore: Send + Sync + 'static {
         attempts: i64,
         next_attempt_ms: i64,
         error: String,
-    ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    ) -> BoxFuture<'_, Result<(), OutboxError>>;
     /// Rows not yet published.
-    fn unsent(&self) -> BoxFuture<'_, Result<i64, sqlx::Error>>;
+    fn unsent(&self) -> BoxFuture<'_, Result<i64, OutboxError>>;
     /// Deletes rows sent before `cutoff_ms`.
-    fn purge_sent(&self, cutoff_ms: i64) -> BoxFuture<'_, Result<u64, sqlx::Error>>;
+    fn purge_sent(&self, cutoff_ms: i64) -> BoxFuture<'_, Result<u64, OutboxError>>;
 }
 
 /// The statements of one SQL dialect; only placeholders and the "insert unless present"
@@ -254,11 +283,16 @@ macro_rules! backend {
         }
 
         impl OutboxStore for $pool {
-            fn due(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>, sqlx::Error>> {
-                Box::pin(sqlx::query_as($dialect.due).bind(limit).fetch_all(self))
+            fn due(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxRow>, OutboxError>> {
+                Box::pin(async move {
+                    Ok(sqlx::query_as($dialect.due)
+                        .bind(limit)
+                        .fetch_all(self)
+                        .await?)
+                })
             }
 
-            fn mark_sent(&self, position: i64) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+            fn mark_sent(&self, position: i64) -> BoxFuture<'_, Result<(), OutboxError>> {
                 Box::pin(async move {
                     sqlx::query($dialect.sent)
                         .bind(now_ms())
@@ -275,7 +309,7 @@ macro_rules! backend {
                 attempts: i64,
                 next_attempt_ms: i64,
                 error: String,
-            ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+            ) -> BoxFuture<'_, Result<(), OutboxError>> {
                 Box::pin(async move {
                     sqlx::query($dialect.failed)
                         .bind(attempts)
@@ -288,14 +322,14 @@ macro_rules! backend {
                 })
             }
 
-            fn unsent(&self) -> BoxFuture<'_, Result<i64, sqlx::Error>> {
+            fn unsent(&self) -> BoxFuture<'_, Result<i64, OutboxError>> {
                 Box::pin(async move {
                     let (n,): (i64,) = sqlx::query_as($dialect.unsent).fetch_one(self).await?;
                     Ok(n)
                 })
             }
 
-            fn purge_sent(&self, cutoff_ms: i64) -> BoxFuture<'_, Result<u64, sqlx::Error>> {
+            fn purge_sent(&self, cutoff_ms: i64) -> BoxFuture<'_, Result<u64, OutboxError>> {
                 Box::pin(async move {
                     Ok(sqlx::query($dialect.purge)
                         .bind(cutoff_ms)
@@ -390,7 +424,7 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     /// A relay over the service's own database (any [`OutboxStore`]: a SQLite, MySQL or
-    /// PostgreSQL pool).
+    /// PostgreSQL pool, or a store of another kind).
     pub fn new(store: impl OutboxStore, bus: Arc<dyn EventBus>, config: RelayConfig) -> Self {
         Self::shared(Arc::new(store), bus, config)
     }
@@ -423,7 +457,7 @@ impl Relay {
 
     /// Publishes up to one batch of due rows, oldest first, stopping at the first
     /// failure so events keep their order.
-    pub async fn relay_once(&self) -> Result<RelayRound, sqlx::Error> {
+    pub async fn relay_once(&self) -> Result<RelayRound, OutboxError> {
         let now = now_ms();
         let rows = self.store.due(self.config.batch).await?;
         let mut round = RelayRound::default();
@@ -442,7 +476,7 @@ impl Relay {
             }
             let event: Event = match serde_json::from_str(&payload) {
                 Ok(e) => e,
-                Err(e) => return Err(sqlx::Error::Decode(Box::new(e))),
+                Err(source) => return Err(OutboxError::Payload { position, source }),
             };
             match self.bus.publish(&subject, &event).await {
                 Ok(_) => {
@@ -467,12 +501,12 @@ impl Relay {
     }
 
     /// Rows not yet published.
-    pub async fn unsent(&self) -> Result<i64, sqlx::Error> {
+    pub async fn unsent(&self) -> Result<i64, OutboxError> {
         self.store.unsent().await
     }
 
     /// Deletes rows sent more than `age` ago.
-    pub async fn purge_sent(&self, age: Duration) -> Result<u64, sqlx::Error> {
+    pub async fn purge_sent(&self, age: Duration) -> Result<u64, OutboxError> {
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         self.store.purge_sent(cutoff).await
     }

@@ -1,4 +1,5 @@
-//! What inventory publishes, through its outbox in the same transaction as the change:
+//! What inventory publishes, through its outbox in the same transaction (SQLite) or Lua
+//! script (Redis) as the change:
 //! `inventory.reserved` when an order's stock is held, `inventory.released` when it is
 //! returned (released by the saga, or expired by the sweeper: `reason`), and
 //! `inventory.low_stock` when a reservation leaves a product at or below
@@ -7,7 +8,7 @@
 use kit_events::Event;
 use serde_json::json;
 
-use crate::domain::{Line, Reservation};
+use crate::domain::{Line, Reservation, ReservationStatus};
 
 /// The `source` of every event inventory publishes.
 pub const SOURCE: &str = "inventory";
@@ -41,19 +42,39 @@ pub fn released(order_id: &str, held: &[Line], reason: &str) -> (&'static str, E
     (subject, Event::new(SOURCE, subject, data))
 }
 
+/// The event of a held reservation's move to `to`: `inventory.released` when its stock
+/// went back (`reason` `released` or `expired`), none for a commit.
+pub fn transition(
+    order_id: &str,
+    held: &[Line],
+    to: ReservationStatus,
+) -> Option<(&'static str, Event)> {
+    let reason = match to {
+        ReservationStatus::Released => "released",
+        ReservationStatus::Expired => "expired",
+        _ => return None,
+    };
+    Some(released(order_id, held, reason))
+}
+
 /// `inventory.low_stock` when `available` units of `sku` are left, if that is low.
 pub fn low_stock(sku: &str, available: i64) -> Option<(&'static str, Event)> {
+    (available <= LOW_STOCK).then(|| low_stock_event(sku, available))
+}
+
+/// `inventory.low_stock` for `sku` at `available` units, low or not: what a store that
+/// learns the units left only inside its atomic change (the Redis scripts) completes
+/// and keeps when they are at or below `data.threshold`.
+pub fn low_stock_event(sku: &str, available: i64) -> (&'static str, Event) {
     let subject = "inventory.low_stock";
-    (available <= LOW_STOCK).then(|| {
-        let data = json!({"sku": sku, "available": available, "threshold": LOW_STOCK});
-        (subject, Event::new(SOURCE, subject, data))
-    })
+    let data = json!({"sku": sku, "available": available, "threshold": LOW_STOCK});
+    (subject, Event::new(SOURCE, subject, data))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ReservationStatus, Sku};
+    use crate::domain::Sku;
 
     #[test]
     fn events_carry_the_order_and_lines() {
@@ -73,6 +94,9 @@ mod tests {
         let (s, e) = released("o1", &r.lines, "expired");
         assert_eq!(s, "inventory.released");
         assert_eq!(e.data["reason"], "expired");
+        let (_, e) = transition("o1", &r.lines, ReservationStatus::Released).unwrap();
+        assert_eq!(e.data["reason"], "released");
+        assert!(transition("o1", &r.lines, ReservationStatus::Committed).is_none());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Data flows one way: [`api`] (public REST) and [`grpc`] (internal, for the order saga)
 //! parse and validate, [`domain`] holds the rules, [`store`] persists (SQLite by
 //! default, Redis in production). A background sweeper expires reservations past their
-//! TTL, returning their stock.
+//! TTL, returning their stock. Both stores write their `inventory.*` events to an outbox
+//! in the same atomic change ([`events`]); the kit's relay publishes them.
 
 pub mod admin;
 pub mod api;
@@ -91,21 +92,14 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         }
     }
     tokio::spawn(sweep(store.clone(), cfg.sweep_interval));
-    match store.outbox() {
-        Some((outbox, wake)) => {
-            let bus =
-                kit_events::for_producer(&kit_events::url_from_config(&ctx.config), "FLOTILLA_BUS")
-                    .await
-                    .map_err(|e| StartError::Other(e.to_string()))?;
-            kit_events::outbox::Relay::shared(outbox, bus, Default::default())
-                .with_notifier(wake)
-                .spawn();
-        }
-        None => tracing::warn!(
-            store = %kit::store::redact(&url),
-            "this store publishes no inventory.* events (only the SQLite store has an outbox)"
-        ),
-    }
+    let (outbox, wake) = store.outbox();
+    let bus = kit_events::for_producer(&kit_events::url_from_config(&ctx.config), "FLOTILLA_BUS")
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let relay =
+        kit_events::outbox::Relay::shared(outbox, bus, Default::default()).with_notifier(wake);
+    tokio::spawn(purge_sent(relay.clone()));
+    relay.spawn();
     let grpc_routes = proto::grpc_extras(
         tonic::service::Routes::new(grpc::InventoryGrpc::new(store.clone(), cfg.reservation_ttl)),
         &[grpc::SERVICE_NAME],
@@ -128,6 +122,24 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
                 Box::pin(async move { s.ping().await.map_err(|e| e.to_string()) })
             }),
         ))
+}
+
+/// How long published outbox rows are kept (well past the broker's duplicate window)
+/// before [`purge_sent`] deletes them; on Redis they would otherwise hold memory forever.
+const KEEP_SENT: Duration = Duration::from_secs(60 * 60);
+
+/// Deletes outbox rows published more than [`KEEP_SENT`] ago, every few minutes.
+async fn purge_sent(relay: kit_events::outbox::Relay) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5 * 60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match relay.purge_sent(KEEP_SENT).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "deleted published outbox rows"),
+            Err(e) => tracing::warn!(error = %e, "purging published outbox rows failed"),
+        }
+    }
 }
 
 /// Expires reservations past their TTL every `interval`, for as long as the process runs.

@@ -99,17 +99,14 @@ pub trait CatalogStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>>;
     /// Up to `limit` order ids whose held reservations expired by `now_ms`.
     fn due(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<String>, ReservationError>>;
-    /// The outbox written in the same transactions as reservations, and the notifier
-    /// poked after each such commit; `None` for a backend without one (Redis: its
-    /// reservations are Lua scripts, and publish no events).
+    /// The outbox written in the same transaction (SQLite) or script (Redis) as each
+    /// reservation change, and the notifier poked after each change that wrote events.
     fn outbox(
         &self,
-    ) -> Option<(
+    ) -> (
         Arc<dyn kit_events::outbox::OutboxStore>,
         Arc<tokio::sync::Notify>,
-    )> {
-        None
-    }
+    );
 }
 
 /// Expires every held reservation past its TTL, returning their stock; returns how

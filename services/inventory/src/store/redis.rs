@@ -3,29 +3,41 @@
 //! (all scores 0, so it orders lexicographically and pages with `ZRANGE … BYLEX`);
 //! `seeded` marks that the demo catalog was added once; `reservation:{order_id}` is a hash
 //! (`status`, `expires_at`, `lines` as JSON); `due` is a sorted set of held reservations
-//! scored by expiry.
+//! scored by expiry; `outbox:*` is the outbox ([`outbox`]).
 //!
 //! Every change that must not interleave with another (create, set stock, reserve, a
 //! reservation's transition) is one Lua script, which Redis runs atomically: that is
 //! what prevents overselling. Transitions are decided in Rust by
 //! [`crate::domain::decide`] and applied by a script that checks the reservation is
-//! still held (compare-and-set), retrying after a lost race.
+//! still held (compare-and-set), retrying after a lost race. The scripts that reserve
+//! and return stock append their `inventory.*` events to the outbox in the same run, so
+//! an event exists exactly when its change does; the kit's relay publishes them.
+
+#[macro_use]
+pub mod outbox;
+
+use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit_events::outbox::OutboxStore;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
 
 use super::{CatalogError, CatalogStore};
 use crate::domain::{
     Action, Line, Product, Reservation, ReservationError, ReservationStatus, Sku, Step, decide,
 };
+use outbox::{OutboxKeys, RedisOutbox};
 
 /// Products in Redis.
 #[derive(Clone)]
 pub struct RedisCatalog {
     conn: ConnectionManager,
     prefix: String,
+    outbox: OutboxKeys,
+    wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for RedisCatalog {
@@ -72,30 +84,51 @@ redis.call('HSET', KEYS[1], 'stock', ARGV[1])
 return -2
 ";
 
-/// Holds every line or none. KEYS[1] the reservation, KEYS[2] the due set, KEYS[3..]
-/// the products; ARGV[1] order id, ARGV[2] expiry, ARGV[3] lines JSON, ARGV[4..] the
-/// quantities. Answers {'ok'}, {'exists'}, {'unknown', i} or {'insufficient', i}.
-const RESERVE: &str = r"
+/// Holds every line or none, and writes its events. KEYS[1] the reservation, KEYS[2]
+/// the due set, KEYS[3..5] the outbox (for its `outbox` function), KEYS[6..] the
+/// products; ARGV[1] order id, ARGV[2] expiry, ARGV[3] lines JSON, ARGV[4] and ARGV[5]
+/// the subject and JSON of `inventory.reserved`, ARGV[6] the low-stock threshold,
+/// ARGV[7] the subject of `inventory.low_stock`, then per line its quantity and its
+/// `inventory.low_stock` event, whose `data.available` the script sets to the units
+/// left. Answers {'ok'}, {'exists'}, {'unknown', i} or {'insufficient', i}.
+const RESERVE: &str = concat!(
+    outbox_lua!(),
+    r"
+local function quantity(i) return tonumber(ARGV[8 + 2 * (i - 6)]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
-for i = 3, #KEYS do
+for i = 6, #KEYS do
   local v = redis.call('HMGET', KEYS[i], 'stock', 'reserved')
-  if not v[1] then return {'unknown', tostring(i - 3)} end
-  if tonumber(v[1]) - tonumber(v[2]) < tonumber(ARGV[i + 1]) then
-    return {'insufficient', tostring(i - 3)}
+  if not v[1] then return {'unknown', tostring(i - 6)} end
+  if tonumber(v[1]) - tonumber(v[2]) < quantity(i) then
+    return {'insufficient', tostring(i - 6)}
   end
 end
-for i = 3, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[i + 1]) end
+for i = 6, #KEYS do redis.call('HINCRBY', KEYS[i], 'reserved', quantity(i)) end
 redis.call('HSET', KEYS[1], 'status', 'reserved', 'expires_at', ARGV[2], 'lines', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+outbox(ARGV[4], ARGV[5])
+for i = 6, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'stock', 'reserved')
+  local available = tonumber(v[1]) - tonumber(v[2])
+  if available <= tonumber(ARGV[6]) then
+    local event = cjson.decode(ARGV[9 + 2 * (i - 6)])
+    event.data.available = available
+    outbox(ARGV[7], cjson.encode(event))
+  end
+end
 return {'ok'}
-";
+"
+);
 
-/// Moves a held reservation to ARGV[2], if it is still held (else 0). KEYS as in
-/// RESERVE; ARGV[1] order id, ARGV[3..] the quantities.
-const TRANSITION: &str = r"
+/// Moves a held reservation to ARGV[2], if it is still held (else 0), and writes its
+/// event. KEYS as in RESERVE; ARGV[1] order id, ARGV[3] and ARGV[4] the subject and
+/// JSON of the event (an empty subject for none), ARGV[5..] the quantities.
+const TRANSITION: &str = concat!(
+    outbox_lua!(),
+    r"
 if redis.call('HGET', KEYS[1], 'status') ~= 'reserved' then return 0 end
-for i = 3, #KEYS do
-  local q = tonumber(ARGV[i])
+for i = 6, #KEYS do
+  local q = tonumber(ARGV[i - 1])
   redis.call('HINCRBY', KEYS[i], 'reserved', -q)
   if ARGV[2] == 'committed' then
     redis.call('HINCRBY', KEYS[i], 'stock', -q)
@@ -104,8 +137,10 @@ for i = 3, #KEYS do
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[3] ~= '' then outbox(ARGV[3], ARGV[4]) end
 return 1
-";
+"
+);
 
 fn backend(e: redis::RedisError) -> ReservationError {
     ReservationError::Backend(e.to_string())
@@ -150,7 +185,31 @@ impl RedisCatalog {
         Ok(Self {
             conn: kit::store::redis::connect(url, setting).await?,
             prefix: prefix.to_owned(),
+            outbox: OutboxKeys::new(prefix),
+            wake: Arc::new(Notify::new()),
         })
+    }
+
+    /// The outbox the reservation scripts write, for a relay.
+    pub fn redis_outbox(&self) -> RedisOutbox {
+        RedisOutbox::new(self.conn.clone(), self.outbox.clone())
+    }
+
+    /// Starts a script of reservation `order_id` over `lines`: its keys in the order
+    /// RESERVE and TRANSITION expect.
+    fn reservation_script<'s>(
+        &self,
+        script: &'s redis::Script,
+        order_id: &str,
+        lines: &[Line],
+    ) -> redis::ScriptInvocation<'s> {
+        let mut inv = script.key(self.reservation_key(order_id));
+        inv.key(self.key("due"));
+        self.outbox.add_to(&mut inv);
+        for line in lines {
+            inv.key(self.product_key(&line.sku));
+        }
+        inv
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -215,14 +274,28 @@ impl RedisCatalog {
         }))
     }
 
-    /// Deletes every key under this store's prefix (tests).
+    /// Deletes every key under this store's prefix (tests). Scans rather than `KEYS`,
+    /// which the service's ACL user may not run.
     pub async fn clear(&self) -> Result<(), CatalogError> {
         let mut conn = self.conn.clone();
-        let keys: Vec<String> = conn.keys(format!("{}*", self.prefix)).await?;
-        if !keys.is_empty() {
-            let _: () = conn.del(keys).await?;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let _: () = conn.del(keys).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
         }
-        Ok(())
     }
 }
 
@@ -331,22 +404,45 @@ impl CatalogStore for RedisCatalog {
         expires_at_ms: i64,
     ) -> BoxFuture<'_, Result<Reservation, ReservationError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(&lines)
-                .map_err(|e| ReservationError::Backend(e.to_string()))?;
+            let encode = |e: serde_json::Error| ReservationError::Backend(e.to_string());
+            let json = serde_json::to_string(&lines).map_err(encode)?;
+            let reservation = Reservation {
+                order_id,
+                lines,
+                status: ReservationStatus::Reserved,
+                expires_at_ms,
+            };
+            let (subject, event) = crate::events::reserved(&reservation);
             let script = redis::Script::new(RESERVE);
-            let mut inv = script.key(self.reservation_key(&order_id));
-            inv.key(self.key("due"));
-            for line in &lines {
-                inv.key(self.product_key(&line.sku));
+            let mut inv =
+                self.reservation_script(&script, &reservation.order_id, &reservation.lines);
+            inv.arg(&reservation.order_id)
+                .arg(expires_at_ms)
+                .arg(json)
+                .arg(subject)
+                .arg(serde_json::to_string(&event).map_err(encode)?)
+                .arg(crate::events::LOW_STOCK);
+            let mut low_subject = "";
+            let mut low = Vec::with_capacity(reservation.lines.len());
+            for line in &reservation.lines {
+                let (subject, event) = crate::events::low_stock_event(line.sku.as_str(), 0);
+                low_subject = subject;
+                low.push((
+                    line.quantity,
+                    serde_json::to_string(&event).map_err(encode)?,
+                ));
             }
-            inv.arg(&order_id).arg(expires_at_ms).arg(json);
-            for line in &lines {
-                inv.arg(line.quantity);
+            inv.arg(low_subject);
+            for (quantity, event) in &low {
+                inv.arg(*quantity).arg(event);
             }
             let answer: Vec<String> = inv
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(backend)?;
+            let Reservation {
+                order_id, lines, ..
+            } = &reservation;
             let line_at = |i: Option<&String>| {
                 i.and_then(|i| i.parse::<usize>().ok())
                     .and_then(|i| lines.get(i))
@@ -354,21 +450,19 @@ impl CatalogStore for RedisCatalog {
                     .ok_or_else(|| ReservationError::Backend("bad script answer".into()))
             };
             match answer.first().map(String::as_str) {
-                Some("ok") => Ok(Reservation {
-                    order_id,
-                    lines,
-                    status: ReservationStatus::Reserved,
-                    expires_at_ms,
-                }),
+                Some("ok") => {
+                    self.wake.notify_one();
+                    Ok(reservation)
+                }
                 Some("unknown") => Err(ReservationError::UnknownSku(line_at(answer.get(1))?)),
                 Some("insufficient") => {
                     Err(ReservationError::Insufficient(line_at(answer.get(1))?))
                 }
-                _ => match self.load_reservation(&order_id).await? {
-                    Some(existing) if existing.lines == lines || existing.lines.is_empty() => {
+                _ => match self.load_reservation(order_id).await? {
+                    Some(existing) if existing.lines == *lines || existing.lines.is_empty() => {
                         Ok(existing)
                     }
-                    Some(_) => Err(ReservationError::Mismatch(order_id)),
+                    Some(_) => Err(ReservationError::Mismatch(order_id.clone())),
                     None => Err(ReservationError::Backend(
                         "a reservation vanished while being read".into(),
                     )),
@@ -419,13 +513,18 @@ impl CatalogStore for RedisCatalog {
                     }
                     Step::Transition { to, refuse } => {
                         let mut r = current.expect("a transition has a reservation");
+                        let event = crate::events::transition(&order_id, &r.lines, to);
+                        let (subject, json) = match &event {
+                            Some((subject, event)) => (
+                                *subject,
+                                serde_json::to_string(event)
+                                    .map_err(|e| ReservationError::Backend(e.to_string()))?,
+                            ),
+                            None => ("", String::new()),
+                        };
                         let script = redis::Script::new(TRANSITION);
-                        let mut inv = script.key(self.reservation_key(&order_id));
-                        inv.key(self.key("due"));
-                        for line in &r.lines {
-                            inv.key(self.product_key(&line.sku));
-                        }
-                        inv.arg(&order_id).arg(to.as_str());
+                        let mut inv = self.reservation_script(&script, &order_id, &r.lines);
+                        inv.arg(&order_id).arg(to.as_str()).arg(subject).arg(json);
                         for line in &r.lines {
                             inv.arg(line.quantity);
                         }
@@ -434,6 +533,9 @@ impl CatalogStore for RedisCatalog {
                             .await
                             .map_err(backend)?;
                         if applied == 1 {
+                            if event.is_some() {
+                                self.wake.notify_one();
+                            }
                             r.status = to;
                             return match refuse {
                                 Some(e) => Err(e),
@@ -451,6 +553,10 @@ impl CatalogStore for RedisCatalog {
         order_id: String,
     ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>> {
         Box::pin(async move { self.load_reservation(&order_id).await })
+    }
+
+    fn outbox(&self) -> (Arc<dyn OutboxStore>, Arc<Notify>) {
+        (Arc::new(self.redis_outbox()), self.wake.clone())
     }
 
     fn due(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<String>, ReservationError>> {

@@ -397,13 +397,9 @@ impl CatalogStore for SqliteCatalog {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-                    let reason = match to {
-                        ReservationStatus::Released => Some("released"),
-                        ReservationStatus::Expired => Some("expired"),
-                        _ => None,
-                    };
-                    if let Some(reason) = reason {
-                        let (subject, event) = crate::events::released(&order_id, &r.lines, reason);
+                    if let Some((subject, event)) =
+                        crate::events::transition(&order_id, &r.lines, to)
+                    {
                         enqueue(&mut *tx, subject, &event).await.map_err(backend)?;
                     }
                     tx.commit().await.map_err(backend)?;
@@ -428,8 +424,8 @@ impl CatalogStore for SqliteCatalog {
         })
     }
 
-    fn outbox(&self) -> Option<(Arc<dyn OutboxStore>, Arc<Notify>)> {
-        Some((Arc::new(self.pool.clone()), self.wake.clone()))
+    fn outbox(&self) -> (Arc<dyn OutboxStore>, Arc<Notify>) {
+        (Arc::new(self.pool.clone()), self.wake.clone())
     }
 
     fn due(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<String>, ReservationError>> {

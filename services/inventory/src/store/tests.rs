@@ -1,10 +1,17 @@
 //! One conformance suite, run against every backend: SQLite always, Redis when a server
 //! is reachable (`FLOTILLA_TEST_REDIS`, default `redis://127.0.0.1:6379`). Without one
 //! the Redis half is skipped loudly, unless `FLOTILLA_REQUIRE_INFRA=1` makes it fail.
+//! Redis keys stay under `flotilla:inventory:test:<random>:`, so the suite also runs as
+//! the service's ACL user (`redis://flotilla_inventory:…@…`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use kit_events::outbox::{Relay, RelayConfig};
+use kit_events::{BusError, Event, EventBus, Group, Published, Subscriber};
 use proptest::prelude::*;
+use serde_json::{Value, json};
 
 use super::*;
 use crate::domain::{ReservationStatus, demo_catalog, normalize_request};
@@ -268,6 +275,246 @@ async fn conservation(store: Arc<dyn CatalogStore>, tag: &str, ops: Vec<Op>) {
     }
 }
 
+/// The bus the tests' relays publish to: it records every publish and fails while down.
+#[derive(Debug, Default)]
+struct Recorder {
+    published: Mutex<Vec<(String, Event)>>,
+    down: AtomicBool,
+}
+
+impl Recorder {
+    fn ids(&self) -> Vec<String> {
+        let published = self.published.lock().unwrap();
+        published.iter().map(|(_, e)| e.id.clone()).collect()
+    }
+}
+
+impl EventBus for Recorder {
+    fn publish<'a>(
+        &'a self,
+        subject: &'a str,
+        event: &'a Event,
+    ) -> kit::discovery::BoxFuture<'a, Result<Published, BusError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BusError::Unavailable("the test bus is down".into()));
+            }
+            let mut published = self.published.lock().unwrap();
+            published.push((subject.to_owned(), event.clone()));
+            Ok(Published { duplicate: false })
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        _: &'a Group,
+    ) -> kit::discovery::BoxFuture<'a, Result<Subscriber, BusError>> {
+        Box::pin(async { Err(BusError::Unavailable("publish only".into())) })
+    }
+}
+
+fn relay_config() -> RelayConfig {
+    RelayConfig {
+        min_backoff: Duration::from_millis(50),
+        ..RelayConfig::default()
+    }
+}
+
+/// Every event inventory writes for one history, in order, as `(subject, event)` with
+/// what differs per run (`id`, `time`, `traceparent`) taken out.
+fn expected_events() -> Vec<(String, Value)> {
+    let event = |subject: &str, data: Value| {
+        let e = json!({
+            "specversion": "1.0",
+            "source": "inventory",
+            "type": subject,
+            "datacontenttype": "application/json",
+            "data": data,
+        });
+        (subject.to_owned(), e)
+    };
+    let items = |l: &[(&str, i64)]| -> Value {
+        l.iter()
+            .map(|(sku, q)| json!({"sku": sku, "quantity": q}))
+            .collect()
+    };
+    let low = |sku: &str, available: i64| {
+        let data = json!({"sku": sku, "available": available, "threshold": 5});
+        event("inventory.low_stock", data)
+    };
+    let reserved = |order: &str, l: &[(&str, i64)], expires: i64| {
+        let data = json!({"orderId": order, "items": items(l), "expires_at_ms": expires});
+        event("inventory.reserved", data)
+    };
+    let released = |order: &str, l: &[(&str, i64)], reason: &str| {
+        let data = json!({"orderId": order, "items": items(l), "reason": reason});
+        event("inventory.released", data)
+    };
+    vec![
+        reserved("e1", &[("E-A", 3)], FAR),
+        low("E-A", 4),
+        reserved("e2", &[("E-A", 1), ("E-B", 1)], FAR),
+        low("E-A", 3),
+        low("E-B", 0),
+        released("e2", &[("E-A", 1), ("E-B", 1)], "released"),
+        reserved("e3", &[("E-A", 1)], 1_000),
+        low("E-A", 3),
+        released("e3", &[("E-A", 1)], "expired"),
+    ]
+}
+
+/// Reserves, commits, releases and expires, then relays: every event the store wrote,
+/// as [`expected_events`] shows them. Each is a CloudEvent with an id of its own, and
+/// the relay publishes exactly what the outbox holds.
+async fn events_conformance(store: Arc<dyn CatalogStore>) -> Vec<(String, Value)> {
+    let s = store.as_ref();
+    let (outbox, _) = s.outbox();
+    s.create(product("E-A", 7)).await.unwrap();
+    s.create(product("E-B", 1)).await.unwrap();
+    // Refused reservations, repeats and commits publish nothing.
+    assert!(
+        s.reserve("e-no".into(), lines(&[("E-A", 1), ("E-B", 2)]), FAR)
+            .await
+            .is_err()
+    );
+    assert_eq!(outbox.unsent().await.unwrap(), 0);
+    for _ in 0..2 {
+        s.reserve("e1".into(), lines(&[("E-A", 3)]), FAR)
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        s.finish("e1".into(), Action::Commit, 0).await.unwrap();
+    }
+    for _ in 0..2 {
+        s.reserve("e2".into(), lines(&[("E-B", 1), ("E-A", 1)]), FAR)
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        s.finish("e2".into(), Action::Release, 0).await.unwrap();
+    }
+    s.reserve("e3".into(), lines(&[("E-A", 1)]), 1_000)
+        .await
+        .unwrap();
+    assert_eq!(expire_due(s, 2_000).await.unwrap(), 1);
+    // A release before its reserve leaves a tombstone, and no event.
+    s.finish("e4".into(), Action::Release, 0).await.unwrap();
+
+    let rows = outbox.due(100).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let stored: Vec<(String, Value)> = rows
+        .iter()
+        .map(|row| {
+            let mut v: Value = serde_json::from_str(&row.payload).unwrap();
+            let event: Event = serde_json::from_value(v.clone()).unwrap();
+            assert!(
+                seen.insert(event.id.clone()),
+                "ids are unique: {}",
+                event.id
+            );
+            assert!(
+                humantime::parse_rfc3339(&event.time).is_ok(),
+                "{}",
+                event.time
+            );
+            assert_eq!(row.attempts, 0);
+            let o = v.as_object_mut().unwrap();
+            for per_run in ["id", "time", "traceparent"] {
+                o.remove(per_run);
+            }
+            (row.subject.clone(), v)
+        })
+        .collect();
+
+    let bus = Arc::new(Recorder::default());
+    let relay = Relay::shared(outbox.clone(), bus.clone(), relay_config());
+    let round = relay.relay_once().await.unwrap();
+    assert_eq!((round.sent, round.failed), (rows.len(), false));
+    assert_eq!(outbox.unsent().await.unwrap(), 0);
+    let published = bus.published.lock().unwrap().clone();
+    let as_stored: Vec<(String, Event)> = rows
+        .iter()
+        .map(|r| (r.subject.clone(), serde_json::from_str(&r.payload).unwrap()))
+        .collect();
+    assert_eq!(published, as_stored, "the relay publishes what was stored");
+    stored
+}
+
+/// The change is made and the process dies before its relay runs: the events stay due,
+/// a publish to a bus that is down is retried after a backoff, and a publish repeated
+/// after a crash before "mark sent" carries the same event id (the broker drops it).
+/// `before` and `after` are two processes' stores over the same data.
+async fn crash_and_retry(before: Arc<dyn CatalogStore>, after: Arc<dyn CatalogStore>) {
+    before.create(product("K-A", 10)).await.unwrap();
+    before
+        .reserve("k1".into(), lines(&[("K-A", 2)]), FAR)
+        .await
+        .unwrap();
+    before
+        .finish("k1".into(), Action::Release, 0)
+        .await
+        .unwrap();
+    drop(before);
+
+    let (outbox, _) = after.outbox();
+    let stored = outbox.due(100).await.unwrap();
+    let subjects: Vec<&str> = stored.iter().map(|r| r.subject.as_str()).collect();
+    assert_eq!(subjects, ["inventory.reserved", "inventory.released"]);
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|r| serde_json::from_str::<Event>(&r.payload).unwrap().id)
+        .collect();
+
+    // The bus is down: the first row is marked for a retry, nothing is lost.
+    // A backoff long enough that the next round surely comes before it ends.
+    let config = RelayConfig {
+        min_backoff: Duration::from_millis(400),
+        ..RelayConfig::default()
+    };
+    let bus = Arc::new(Recorder::default());
+    bus.down.store(true, Ordering::SeqCst);
+    let relay = Relay::shared(outbox.clone(), bus.clone(), config.clone());
+    let round = relay.relay_once().await.unwrap();
+    assert!(round.failed && round.sent == 0);
+    let due = outbox.due(100).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(due[0].attempts, 1);
+    assert!(due[0].next_attempt_ms > crate::domain::now_ms());
+    assert_eq!(due[1].attempts, 0);
+    assert_eq!(outbox.unsent().await.unwrap(), 2);
+
+    // Back up, but still within the backoff: nothing goes out yet.
+    bus.down.store(false, Ordering::SeqCst);
+    let round = relay.relay_once().await.unwrap();
+    assert!(round.failed && round.sent == 0);
+    assert!(bus.ids().is_empty());
+
+    // A relay published the first event and died before marking it sent.
+    let first: Event = serde_json::from_str(&due[0].payload).unwrap();
+    bus.publish(&due[0].subject, &first).await.unwrap();
+    drop(relay);
+
+    // The next process's relay publishes everything, in order, the first one again
+    // under the same id.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let relay = Relay::shared(outbox.clone(), bus.clone(), config);
+    let round = relay.relay_once().await.unwrap();
+    assert_eq!((round.sent, round.failed), (2, false));
+    assert_eq!(bus.ids(), [ids[0].clone(), ids[0].clone(), ids[1].clone()]);
+    assert_eq!(outbox.unsent().await.unwrap(), 0);
+    assert_eq!(relay.relay_once().await.unwrap().sent, 0);
+
+    // Published rows are kept for a while, then purged.
+    assert_eq!(
+        relay.purge_sent(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(relay.purge_sent(Duration::from_millis(1)).await.unwrap(), 2);
+    assert!(outbox.due(100).await.unwrap().is_empty());
+}
+
 fn sqlite_store(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<dyn CatalogStore> {
     let url = format!("sqlite://{}/inventory.db", dir.display());
     rt.block_on(open(&url, "FLOTILLA_INVENTORY__STORE", ""))
@@ -357,56 +604,17 @@ async fn sqlite_conformance() {
     no_overselling(store).await;
 }
 
-#[tokio::test]
-async fn sqlite_reservations_write_their_events_in_the_same_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/inventory.db", dir.path().display());
-    let s = open(&url, "FLOTILLA_INVENTORY__STORE", "").await.unwrap();
-    let (outbox, _) = s.outbox().expect("SQLite has an outbox");
-    s.create(product("T-A", 7)).await.unwrap();
-    s.create(product("T-B", 1)).await.unwrap();
-    // Refused reservations publish nothing.
-    assert!(
-        s.reserve("o-no".into(), lines(&[("T-A", 1), ("T-B", 2)]), FAR)
-            .await
-            .is_err()
-    );
-    assert_eq!(outbox.unsent().await.unwrap(), 0);
-    s.reserve("o1".into(), lines(&[("T-A", 3)]), FAR)
-        .await
-        .unwrap();
-    s.reserve("o1".into(), lines(&[("T-A", 3)]), FAR)
-        .await
-        .unwrap();
-    s.finish("o1".into(), Action::Release, 0).await.unwrap();
-    s.finish("o1".into(), Action::Release, 0).await.unwrap();
-    let subjects: Vec<String> = outbox
-        .due(100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.subject)
-        .collect();
-    // 7 - 3 = 4 available is low stock; a repeated reserve or release adds nothing.
-    assert_eq!(
-        subjects,
-        [
-            "inventory.reserved",
-            "inventory.low_stock",
-            "inventory.released"
-        ]
-    );
-}
-
 /// A Redis store under a fresh prefix, or `None` when Redis is not reachable.
 async fn redis_store() -> Option<redis::RedisCatalog> {
     let url = test_redis().await?;
-    let prefix = format!("flotilla-test:{}:", uuid::Uuid::new_v4().simple());
-    Some(
-        redis::RedisCatalog::open(&url, "FLOTILLA_TEST_REDIS", &prefix)
-            .await
-            .unwrap(),
-    )
+    let prefix = format!("flotilla:inventory:test:{}:", uuid::Uuid::new_v4().simple());
+    Some(redis_store_at(&url, &prefix).await)
+}
+
+async fn redis_store_at(url: &str, prefix: &str) -> redis::RedisCatalog {
+    redis::RedisCatalog::open(url, "FLOTILLA_TEST_REDIS", prefix)
+        .await
+        .unwrap()
 }
 
 /// A Redis URL to test against, or `None` (after saying so) when none is reachable.
@@ -436,6 +644,49 @@ async fn redis_conformance() {
     reservation_conformance(Arc::new(store.clone())).await;
     no_overselling(Arc::new(store.clone())).await;
     store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/inventory.db", dir.path().display());
+    let store = open(&url, "FLOTILLA_INVENTORY__STORE", "").await.unwrap();
+    assert_eq!(events_conformance(store).await, expected_events());
+}
+
+#[tokio::test]
+async fn redis_events_are_the_sqlite_events() {
+    let Some(store) = redis_store().await else {
+        return;
+    };
+    let redis = events_conformance(Arc::new(store.clone())).await;
+    store.clear().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/inventory.db", dir.path().display());
+    let sqlite = open(&url, "FLOTILLA_INVENTORY__STORE", "").await.unwrap();
+    assert_eq!(redis, events_conformance(sqlite).await);
+    assert_eq!(redis, expected_events());
+}
+
+#[tokio::test]
+async fn sqlite_outbox_survives_a_crash_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/inventory.db", dir.path().display());
+    let before = open(&url, "FLOTILLA_INVENTORY__STORE", "").await.unwrap();
+    let after = open(&url, "FLOTILLA_INVENTORY__STORE", "").await.unwrap();
+    crash_and_retry(before, after).await;
+}
+
+#[tokio::test]
+async fn redis_outbox_survives_a_crash_and_retries() {
+    let Some(url) = test_redis().await else {
+        return;
+    };
+    let prefix = format!("flotilla:inventory:test:{}:", uuid::Uuid::new_v4().simple());
+    let before = redis_store_at(&url, &prefix).await;
+    let after = redis_store_at(&url, &prefix).await;
+    crash_and_retry(Arc::new(before), Arc::new(after.clone())).await;
+    after.clear().await.unwrap();
 }
 
 #[tokio::test]

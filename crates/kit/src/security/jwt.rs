@@ -543,6 +543,8 @@ pub struct JwksCache {
     floor: Duration,
     max_age: Duration,
     fetches: AtomicU64,
+    /// Bumped whenever a key set is installed.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -601,6 +603,7 @@ impl JwksCache {
             floor,
             max_age,
             fetches: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -614,8 +617,14 @@ impl JwksCache {
         self.fetches.load(Ordering::Relaxed)
     }
 
+    /// Changes whenever a new key set is installed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn install(&self, keys: KeySet) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         *self.fetched_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
@@ -735,11 +744,74 @@ impl JwksCache {
 }
 
 /// Verifies access tokens: [`precheck`], the key from the [`JwksCache`], then
-/// [`verify_signed`].
+/// [`verify_signed`] — or, for a token verified in the last minute, its claims from a
+/// small cache ([`Verified`]).
 #[derive(Debug, Clone)]
 pub struct Verifier {
     config: Arc<JwtConfig>,
     keys: Arc<JwksCache>,
+    verified: Arc<Verified>,
+}
+
+/// How many verified tokens are remembered.
+const VERIFIED_CAPACITY: usize = 10_000;
+/// How long a verified token is taken on trust (at most until it expires).
+const VERIFIED_FOR: u64 = 60;
+
+/// Tokens verified recently, by the SHA-256 of the whole token. A client sends the same
+/// access token with every request for its lifetime, and an Ed25519 verification costs
+/// tens of microseconds, most of the gateway's time per request: a hit skips it. An
+/// entry is used only while its token is unexpired (with the leeway), for at most
+/// [`VERIFIED_FOR`] seconds, and only with the key set it was verified against — a new
+/// key set (a rotation, a removed key) verifies every token afresh. Failures are not
+/// remembered. When full, the cache starts over.
+#[derive(Debug, Default)]
+pub struct Verified {
+    entries: std::sync::Mutex<HashMap<[u8; 32], VerifiedEntry>>,
+}
+
+#[derive(Debug, Clone)]
+struct VerifiedEntry {
+    claims: Claims,
+    /// Unix seconds after which the entry is not used.
+    until: u64,
+    /// The [`JwksCache::generation`] it was verified under.
+    keys: u64,
+}
+
+impl Verified {
+    fn digest(token: &str) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut out = [0; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    fn get(&self, digest: &[u8; 32], now: u64, keys: u64) -> Option<Claims> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(digest)
+            .filter(|e| now <= e.until && e.keys == keys)
+            .map(|e| e.claims.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], entry: VerifiedEntry) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(digest, entry);
+    }
+
+    /// Tokens remembered now.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Verifier {
@@ -748,6 +820,7 @@ impl Verifier {
         Self {
             config: Arc::new(config),
             keys,
+            verified: Arc::default(),
         }
     }
 
@@ -761,11 +834,37 @@ impl Verifier {
         &self.keys
     }
 
+    /// The tokens verified recently.
+    pub fn verified(&self) -> &Verified {
+        &self.verified
+    }
+
     /// Verifies `token` now.
     pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        let now = now_secs();
+        let digest = Verified::digest(token);
+        // Read before the key is looked up: a set installed meanwhile makes the entry
+        // stale at once rather than trusted under a set that did not verify it.
+        let generation = self.keys.generation();
+        if let Some(claims) = self.verified.get(&digest, now, generation) {
+            return Ok(claims);
+        }
         let kid = precheck(token, self.config.max_token_bytes)?;
         let key = self.keys.key(&kid).await?;
-        verify_signed(token, &key, &self.config, now_secs())
+        let claims = verify_signed(token, &key, &self.config, now)?;
+        let until = claims
+            .exp
+            .saturating_add(self.config.leeway.as_secs())
+            .min(now + VERIFIED_FOR);
+        self.verified.put(
+            digest,
+            VerifiedEntry {
+                claims: claims.clone(),
+                until,
+                keys: generation,
+            },
+        );
+        Ok(claims)
     }
 }
 
@@ -1091,6 +1190,62 @@ mod tests {
     }
 
     use axum::response::IntoResponse;
+
+    #[tokio::test]
+    async fn a_verified_token_is_trusted_only_under_the_key_set_that_verified_it() {
+        let (k1, k2) = (test_key("k1"), test_key("k2"));
+        let (url, doc, hits) = jwks_server(jwks(&[&k1])).await;
+        let floor = Duration::from_millis(100);
+        let cache = Arc::new(JwksCache::from_url(&url, floor, Duration::from_secs(300)));
+        let v = Verifier::new(JwtConfig::default(), cache.clone());
+        let token = sign(&k1, &claims());
+        let first = v.verify(&token).await.unwrap();
+        assert_eq!(v.verified().len(), 1);
+        assert_eq!(
+            v.verify(&token).await.unwrap(),
+            first,
+            "a hit gives the same claims"
+        );
+
+        // A forged copy (same claims, signature changed) is not the cached token.
+        let mut forged = token.clone().into_bytes();
+        let i = forged.len() - 10;
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(v.verify(&forged).await.is_err());
+        assert_eq!(v.verified().len(), 1, "failures are not remembered");
+
+        // k1 is withdrawn: a new key set makes the cached entry stale, and the token
+        // is verified again, and refused.
+        *doc.write().unwrap() = Some(jwks(&[&k2]));
+        tokio::time::sleep(floor).await;
+        assert_eq!(cache.refresh().await, Refresh::Fetched);
+        assert!(matches!(
+            v.verify(&token).await,
+            Err(JwtError::UnknownKey(_))
+        ));
+        assert!(hits.load(Ordering::SeqCst) >= 2);
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_used() {
+        let verified = Verified::default();
+        let digest = Verified::digest("t");
+        let entry = VerifiedEntry {
+            claims: serde_json::from_value(serde_json::json!({
+                "iss": "i", "aud": "a", "sub": "u", "exp": 100, "iat": 50,
+                "jti": "j", "scope": "", "roles": []
+            }))
+            .unwrap(),
+            until: 100,
+            keys: 7,
+        };
+        verified.put(digest, entry);
+        assert!(verified.get(&digest, 100, 7).is_some());
+        assert!(verified.get(&digest, 101, 7).is_none(), "past its time");
+        assert!(verified.get(&digest, 99, 8).is_none(), "another key set");
+        assert!(verified.get(&Verified::digest("u"), 99, 7).is_none());
+    }
 
     #[tokio::test]
     async fn unknown_kids_refresh_at_most_once_per_floor_and_failures_keep_the_keys() {

@@ -1,7 +1,7 @@
 //! etcd as the discovery backend, against a real `etcd` each test starts on free ports
 //! with its own data directory: registration, resolution and watches, lease expiry of
 //! a killed `flotilla run` instance, deregistration, traffic rules, the operator's
-//! directory, and an etcd restart. Skipped loudly without an `etcd` binary (Debian:
+//! directory and commands (`status`, `traffic`), and an etcd restart. Skipped loudly without an `etcd` binary (Debian:
 //! `etcd-server`), unless `FLOTILLA_REQUIRE_INFRA=1`.
 
 use std::collections::BTreeMap;
@@ -352,6 +352,35 @@ async fn a_killed_instance_vanishes_when_its_lease_runs_out() {
         still.revision, registered.revision,
         "rewritten at a heartbeat"
     );
+
+    // The operator's commands read and change the same etcd.
+    let cli = |args: &[&str]| {
+        let out = flotilla()
+            .args(args)
+            .env_remove("FLOTILLA_CONFIG")
+            .env("FLOTILLA_DATA_DIR", data.path())
+            .env("FLOTILLA_DISCOVERY", &url)
+            .env("FLOTILLA_INSECURE_INTERNAL", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (_, status) = cli(&["status"]);
+    assert!(status.contains(&registered.instances[0].id), "{status}");
+    let (set, traffic) = cli(&["traffic", "bus", "--split", "v1=100"]);
+    assert!(set && traffic.contains("v1"), "{traffic}");
+    let rules = resolver.resolve("bus", None).await.unwrap().traffic;
+    assert_eq!(
+        rules.map(|r| r.split),
+        Some(BTreeMap::from([("v1".into(), 100)]))
+    );
+    let (cleared, text) = cli(&["traffic", "bus", "--clear"]);
+    assert!(cleared, "{text}");
 
     bus.kill().unwrap();
     bus.wait().unwrap();

@@ -13,7 +13,7 @@ use kit::discovery::etcd::{EtcdClient, EtcdRegistration, EtcdResolver};
 use kit::discovery::traffic::TrafficPolicy;
 use kit::discovery::{Directory, DiscoveryError, Resolver, Snapshot};
 
-use crate::harness::{flotilla, free_port};
+use crate::harness::{flotilla, free_port, output_text};
 
 /// An `etcd` of the test's own; killed when dropped.
 struct EtcdServer {
@@ -363,11 +363,7 @@ async fn a_killed_instance_vanishes_when_its_lease_runs_out() {
             .env("FLOTILLA_INSECURE_INTERNAL", "1")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         (out.status.success(), text)
     };
     let (_, status) = cli(&["status"]);

@@ -12,6 +12,15 @@ pub fn flotilla() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
 }
 
+/// A finished command's stdout, then its stderr, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A port nothing listens on right now, below the kernel's ephemeral range: the
 /// services `up` starts on port 0 take ephemeral ports, so one of them cannot grab this
 /// port between the test choosing it and the gateway, registry or bus binding it.

@@ -1,4 +1,5 @@
-//! etcd v3 as a discovery backend: `etcd://host:port[,host:port…][?prefix=/flotilla]`.
+//! etcd v3 as a discovery backend: `etcd://host:port[,host:port…][?prefix=/flotilla]`
+//! (a host without a port means 2379).
 //!
 //! Keys (under the prefix, `/flotilla` by default):
 //!
@@ -50,6 +51,9 @@ use pb::etcdserverpb::{
     LeaseRevokeRequest, PutRequest, RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest,
     watch_request,
 };
+
+/// The client port of a host the URL names without one.
+pub const DEFAULT_PORT: u16 = 2379;
 
 /// The key prefix when the URL names none.
 pub const DEFAULT_PREFIX: &str = "/flotilla";
@@ -106,8 +110,9 @@ fn valid_segment(part: &str) -> bool {
 }
 
 impl EtcdClient {
-    /// A client for `etcd://host:port[,host:port…][?prefix=/flotilla]`; connects at the
-    /// first call (a cluster that is down is an error of that call, not of this one).
+    /// A client for `etcd://host[:port][,host[:port]…][?prefix=/flotilla]` (port 2379
+    /// unless given); connects at the first call (a cluster that is down is an error of
+    /// that call, not of this one).
     pub fn from_url(url: &str, setting: &str) -> Result<Self, ConfigError> {
         let bad = super::setting_error(setting);
         let rest = url
@@ -135,9 +140,14 @@ impl EtcdClient {
         }
         let mut endpoints = Vec::new();
         for host in hosts.split(',').map(str::trim) {
-            if !super::is_host_port(host) || host.contains('/') {
+            let host = if host.contains(':') {
+                host.to_owned()
+            } else {
+                format!("{host}:{DEFAULT_PORT}")
+            };
+            if !super::is_host_port(&host) || host.contains('/') {
                 return Err(bad(format!(
-                    "{host:?} in {url:?} is not host:port (etcd://host:port[,host:port…])"
+                    "{host:?} in {url:?} is not host[:port] (etcd://host:port[,host:port…])"
                 )));
             }
             let endpoint = Endpoint::from_shared(format!("http://{host}"))
@@ -721,9 +731,16 @@ mod tests {
         let c = EtcdClient::from_url("etcd://a:1,b:2/?prefix=/shop/", "X").unwrap();
         assert_eq!(c.prefix(), "/shop");
         assert_eq!(c.inner.endpoints.len(), 2);
+        let c = EtcdClient::from_url("etcd://a,b:2", "X").unwrap();
+        let hosts: Vec<&str> = c
+            .inner
+            .endpoints
+            .iter()
+            .filter_map(|e| e.uri().authority().map(|a| a.as_str()))
+            .collect();
+        assert_eq!(hosts, ["a:2379", "b:2"]);
         for bad in [
             "etcd://",
-            "etcd://host",
             "etcd://a:1,",
             "etcd://a:x",
             "etcd://a:1?prefix=shop",

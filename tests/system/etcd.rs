@@ -1,7 +1,8 @@
 //! etcd as the discovery backend, against a real `etcd` each test starts on free ports
 //! with its own data directory: registration, resolution and watches, lease expiry of
 //! a killed `flotilla run` instance, deregistration, traffic rules, the operator's
-//! directory and commands (`status`, `traffic`), and an etcd restart. Skipped loudly without an `etcd` binary (Debian:
+//! directory and commands (`status`, `traffic`), an etcd restart, and the whole system
+//! under `flotilla up` finding itself through etcd. Skipped loudly without an `etcd` binary (Debian:
 //! `etcd-server`), unless `FLOTILLA_REQUIRE_INFRA=1`.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use kit::discovery::etcd::{EtcdClient, EtcdRegistration, EtcdResolver};
 use kit::discovery::traffic::TrafficPolicy;
 use kit::discovery::{Directory, DiscoveryError, Resolver, Snapshot};
 
-use crate::harness::{flotilla, free_port, output_text};
+use crate::harness::{System, flotilla, free_port, output_text};
 
 /// An `etcd` of the test's own; killed when dropped.
 struct EtcdServer {
@@ -437,4 +438,53 @@ async fn a_registration_survives_etcd_restarts_with_and_without_its_data() {
             .instances
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn flotilla_up_runs_the_whole_system_on_etcd_discovery() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let url = etcd.url("/flotilla-up");
+    // Up only once the gateway serves products from inventory, found through etcd.
+    let mut system = System::start_with(&[("FLOTILLA_DISCOVERY", &url)]).await;
+    let directory = kit::discovery::directory_from_url(&url).unwrap();
+    let names: Vec<String> = directory
+        .services()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(!names.iter().any(|n| n == "registry"), "{names:?}");
+    for name in ["gateway", "auth", "orders", "inventory", "payments", "bus"] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} is not in {names:?}"
+        );
+    }
+    // `status` exits 0 only when every instance is healthy and the gateway is up.
+    let status = system.cli(&["status"]);
+    assert!(status.contains("gateway"), "{status}");
+    // `up` answers a scale once it has started everything; the new instance counts as
+    // started once it is in etcd and ready.
+    system.cli(&["scale", "inventory", "2"]);
+    let inventory = directory.service("inventory").await.unwrap();
+    assert_eq!(inventory.instances.len(), 2, "{inventory:?}");
+    system.remember_pids().await;
+
+    // A clean stop deregisters every instance at once: nothing waits for its lease.
+    let pids = system.pids().to_vec();
+    assert!(system.interrupt().success(), "{}", system.logs());
+    let left = directory.services().await.unwrap();
+    assert!(
+        left.is_empty(),
+        "still registered after a clean stop: {left:?}"
+    );
+    for pid in pids {
+        assert!(
+            !crate::harness::alive(pid),
+            "process {pid} survived the stop"
+        );
+    }
 }

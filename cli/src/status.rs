@@ -1,11 +1,12 @@
 //! `flotilla status`: services, instances, addresses, health, uptime and memory, read
-//! from the registry. Exits non-zero when the system is not up.
+//! from discovery (the registry, or etcd). Exits non-zero when the system is not up.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kit::config::Config;
-use kit::discovery::registry::RegistryClient;
+use kit::discovery::{Directory, directory_from_url};
 
 /// Runs `flotilla status`.
 pub fn status() -> ExitCode {
@@ -31,25 +32,34 @@ pub fn status() -> ExitCode {
     })
 }
 
-/// The registry `flotilla` commands talk to: `FLOTILLA_DISCOVERY` if it names one, else
-/// the configured registry address.
-pub fn registry_url() -> anyhow::Result<String> {
+/// Where `flotilla` commands read and change discovery: `FLOTILLA_DISCOVERY` if it
+/// names a registry or etcd, else the configured registry address.
+pub fn directory_url() -> anyhow::Result<String> {
     let config = Config::load();
     let common = config.common()?;
-    if common.discovery.starts_with("registry://") {
+    if ["registry://", "etcd://"]
+        .iter()
+        .any(|s| common.discovery.starts_with(s))
+    {
         return Ok(common.discovery);
     }
     let reg: registry::RegistryConfig = config.section("registry")?;
     Ok(format!("registry://{}", reg.listen))
 }
 
+/// The directory at [`directory_url`].
+pub fn directory() -> anyhow::Result<Arc<dyn Directory>> {
+    Ok(directory_from_url(&directory_url()?)?)
+}
+
 async fn report() -> anyhow::Result<bool> {
-    let url = registry_url()?;
-    let client = RegistryClient::from_url(&url, "FLOTILLA_DISCOVERY")?;
-    let services = client
-        .services()
-        .await
-        .map_err(|e| anyhow::anyhow!("Flotilla is not running (no registry at {url}): {e}"))?;
+    let directory = directory()?;
+    let services = directory.services().await.map_err(|e| {
+        anyhow::anyhow!(
+            "Flotilla is not running (nothing answers at {}): {e}",
+            directory.location()
+        )
+    })?;
     println!(
         "{:<13} {:<20} {:<22} {:<9} {:>9} {:>9}  VERSION",
         "SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "UPTIME", "RSS"

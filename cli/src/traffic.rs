@@ -1,16 +1,13 @@
 //! `flotilla traffic <service>`: show or set how calls to a service are spread over
-//! its versions. The rules live in the registry, so the gateway and every kit client
-//! apply the same ones at once.
+//! its versions. The rules live in discovery (the registry, or etcd), so the gateway and
+//! every kit client apply the same ones at once.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use kit::discovery::registry::RegistryClient;
 use kit::discovery::traffic::{TrafficPolicy, VERSION_HEADER};
-
-use crate::status::registry_url;
 
 /// `flotilla traffic <service> [--split v=w,…] [--sticky] [--header NAME] [--clear]`
 #[derive(Debug, Args)]
@@ -55,7 +52,7 @@ fn parse_split(pairs: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
 }
 
 async fn run(cmd: Traffic) -> anyhow::Result<()> {
-    let client = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
+    let client = crate::status::directory()?;
     if cmd.clear {
         client.set_traffic(&cmd.service, None).await?;
         println!("{}: traffic rules removed", cmd.service);
@@ -71,7 +68,7 @@ async fn run(cmd: Traffic) -> anyhow::Result<()> {
         client.set_traffic(&cmd.service, Some(&rules)).await?;
     }
     let entry = client
-        .service(&cmd.service, None)
+        .service(&cmd.service)
         .await
         .context("is Flotilla running?")?;
     print!("{}", describe(&entry));

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kit::discovery::registry::RegistryClient;
 use kit_events::inspect::{self, GroupState, Inspect, Logged};
 use kit_events::outbox::InboxPage;
 
@@ -22,7 +21,6 @@ use inventory::admin::StockLine;
 use payments::store::PaymentLine;
 
 use crate::bus::get_json;
-use crate::status::registry_url;
 
 /// `flotilla verify …`
 #[derive(Debug, clap::Args)]
@@ -385,7 +383,7 @@ const CONSUMERS: &[&str] = &["notifications", "analytics"];
 /// its instance registered) and the admin listeners of orders, payments, inventory and
 /// the consumers, from discovery.
 async fn targets(bus: Option<String>) -> anyhow::Result<Targets> {
-    let client = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
+    let client = crate::status::directory()?;
     let services = client.services().await.context("is Flotilla running?")?;
     // A killed instance stays listed (unhealthy) until its lease runs out.
     let first = |name: &str| {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{System, flotilla};
+use crate::harness::{System, flotilla, output_text};
 
 const PRODUCT: &str = "/api/products/FLT-BOAT-001";
 const SKU_ROUTE: &str = "route=\"/api/products/{sku}\"";
@@ -273,11 +273,7 @@ async fn a_rollout_whose_instance_never_gets_ready_leaves_the_old_one_serving() 
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("keep serving"), "{text}");
     wait_versions(&sys, "inventory", &[base.as_str()]).await;
@@ -422,11 +418,7 @@ async fn a_failing_canary_is_rolled_back_at_its_first_step() {
         "50",
     ]);
     let out = rollout.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(!out.status.success(), "the canary was promoted:\n{text}");
     assert!(
         text.contains("rolled back inventory canary at 20%"),

@@ -12,6 +12,15 @@ pub fn flotilla() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
 }
 
+/// A finished command's stdout, then its stderr, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A port nothing listens on right now, below the kernel's ephemeral range: the
 /// services `up` starts on port 0 take ephemeral ports, so one of them cannot grab this
 /// port between the test choosing it and the gateway, registry or bus binding it.
@@ -50,6 +59,9 @@ pub struct System {
     up: Option<Child>,
     pub gateway: String,
     pub registry: String,
+    /// Where the services register (`FLOTILLA_DISCOVERY`): the embedded registry, or
+    /// what the test gave (`etcd://…`).
+    pub discovery: String,
     /// For the gateway (the edge) and admin listeners.
     pub http: reqwest::Client,
     /// For internal listeners (the registry): mTLS as `operator`, the identity
@@ -65,14 +77,8 @@ pub struct System {
 impl System {
     /// Environment for every `flotilla` command aimed at this system.
     pub fn env(&self, cmd: &mut Command) {
-        cmd.env(
-            "FLOTILLA_DISCOVERY",
-            format!(
-                "registry://{}",
-                self.registry.trim_start_matches("https://")
-            ),
-        )
-        .env("FLOTILLA_DATA_DIR", self.data.path());
+        cmd.env("FLOTILLA_DISCOVERY", &self.discovery)
+            .env("FLOTILLA_DATA_DIR", self.data.path());
     }
 
     /// Starts `flotilla up` and waits until the gateway serves products.
@@ -90,6 +96,13 @@ impl System {
             .any(|&(k, v)| k == "FLOTILLA_INSECURE_INTERNAL" && v == "1");
         let data = tempfile::tempdir().unwrap();
         let (gw, reg, bus) = (free_port(), free_port(), free_port());
+        let discovery = env
+            .iter()
+            .find(|&&(k, _)| k == "FLOTILLA_DISCOVERY")
+            .map_or_else(
+                || format!("registry://127.0.0.1:{reg}"),
+                |&(_, v)| v.to_owned(),
+            );
         let up = flotilla()
             .arg("up")
             .arg("--data-dir")
@@ -112,6 +125,7 @@ impl System {
                 "{}://127.0.0.1:{reg}",
                 if insecure { "http" } else { "https" }
             ),
+            discovery,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -225,6 +239,18 @@ impl System {
 
     /// Records the pids of every registered instance (checked at stop).
     pub async fn remember_pids(&mut self) {
+        if self.discovery.starts_with("etcd://") {
+            let directory = kit::discovery::directory_from_url(&self.discovery).unwrap();
+            let services = directory.services().await.expect("etcd answers");
+            for i in services.iter().flat_map(|s| &s.instances) {
+                if let Some(pid) = i.metadata.get("pid").and_then(|p| p.parse().ok())
+                    && !self.seen_pids.contains(&pid)
+                {
+                    self.seen_pids.push(pid);
+                }
+            }
+            return;
+        }
         // A connection kept from before a registry restart fails once: ask again.
         let mut attempts = 0;
         let all: Value = loop {

@@ -3,6 +3,7 @@
 mod chaos;
 mod chaos_run;
 mod dns;
+mod etcd;
 mod fleet;
 mod harness;
 mod identity;

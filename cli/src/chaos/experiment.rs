@@ -6,10 +6,12 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kit::discovery::registry::{RegistryClient, ServiceEntry};
+use kit::discovery::Directory;
+use kit::discovery::registry::ServiceEntry;
 use kit::resilience::fault::{FaultRule, FaultSet};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -23,7 +25,6 @@ use super::plan::{self, Experiment, Interval};
 use super::{resilience, store};
 use crate::load::{self, Load, Report};
 use crate::services::NAMES;
-use crate::status::registry_url;
 use crate::verify::{self, Finding, Verdict};
 
 /// How long a struck instance may take to be back before that is a violation.
@@ -231,7 +232,7 @@ fn unhealthy(services: &[ServiceEntry], names: &[&str]) -> Vec<String> {
 /// Every service has a healthy instance and the gateway serves the catalog, three
 /// times in a row; waits up to [`STEADY_TIMEOUT`] for it.
 async fn steady_state(
-    registry: &RegistryClient,
+    registry: &dyn Directory,
     http: &reqwest::Client,
     gateway: &str,
     names: &[&str],
@@ -240,7 +241,7 @@ async fn steady_state(
     loop {
         let mut bad = match registry.services().await {
             Ok(services) => unhealthy(&services, names),
-            Err(e) => vec![format!("the registry did not answer: {e}")],
+            Err(e) => vec![format!("discovery did not answer: {e}")],
         };
         if bad.is_empty() {
             for _ in 0..3 {
@@ -298,11 +299,11 @@ fn choose_victim(
     Some((name.to_owned(), id.to_owned(), pid))
 }
 
-/// Polls the registry until `service` has a healthy instance other than `pid` whose
+/// Polls discovery until `service` has a healthy instance other than `pid` whose
 /// process is alive (a killed instance stays listed until its lease runs out); how long
 /// that took from `since`, or `None` past [`RECOVERY_TIMEOUT`].
 async fn back_after(
-    registry: RegistryClient,
+    registry: Arc<dyn Directory>,
     service: String,
     pid: u32,
     since: Instant,
@@ -350,7 +351,7 @@ async fn set_faults(
 }
 
 /// Removes every fault from every instance (faults lapse by themselves too).
-async fn clear_faults(registry: &RegistryClient, http: &reqwest::Client) {
+async fn clear_faults(registry: &dyn Directory, http: &reqwest::Client) {
     let Ok(services) = registry.services().await else {
         return;
     };
@@ -366,7 +367,7 @@ async fn clear_faults(registry: &RegistryClient, http: &reqwest::Client) {
 
 /// What strikes, and how.
 struct Striker {
-    registry: RegistryClient,
+    registry: Arc<dyn Directory>,
     http: reqwest::Client,
     rng: StdRng,
     kill_pool: Vec<&'static str>,
@@ -439,7 +440,7 @@ impl Striker {
     /// Kills, faults or partitions a service.
     async fn strike_services(&mut self, e: Experiment, action: &mut Action) {
         match self.registry.services().await {
-            Err(err) => action.what = format!("skipped: the registry did not answer ({err})"),
+            Err(err) => action.what = format!("skipped: discovery did not answer ({err})"),
             Ok(services) => match e {
                 Experiment::Kill | Experiment::BusRestart => {
                     let pool = if e == Experiment::Kill {
@@ -554,7 +555,7 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
         .into_iter()
         .filter(|s| args.store.is_empty() || args.store.iter().any(|k| k == s.kind))
         .collect();
-    let registry = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
+    let registry = crate::status::directory()?;
     // Admin listeners take plain HTTP on loopback.
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -563,7 +564,7 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
     let gateway = args.load.gateway().to_owned();
     let mut findings = Vec::new();
 
-    let before = steady_state(&registry, &http, &gateway, &system).await;
+    let before = steady_state(&*registry, &http, &gateway, &system).await;
     let healthy = matches!(before, Verdict::Holds(_));
     findings.push(Finding {
         invariant: "steady state before: every service healthy, the shop answers",
@@ -679,7 +680,7 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
         .iter()
         .any(|e| matches!(e, Experiment::Fault | Experiment::Partition))
     {
-        clear_faults(&registry, &http).await;
+        clear_faults(&*registry, &http).await;
         println!("faults cleared");
     }
 
@@ -707,7 +708,7 @@ async fn experiment(args: RunArgs) -> anyhow::Result<Vec<Finding>> {
     }
     findings.push(Finding {
         invariant: "steady state after: every service healthy, the shop answers",
-        verdict: steady_state(&registry, &http, &gateway, &system).await,
+        verdict: steady_state(&*registry, &http, &gateway, &system).await,
     });
     println!(
         "\nverifying the invariants (waiting up to {} for sagas in flight)…",

@@ -13,13 +13,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use kit::discovery::Instance;
-use kit::discovery::registry::RegistryClient;
 use kit::resilience::fault::{FaultRule, FaultSet};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::RngExt;
-
-use crate::status::registry_url;
 
 /// `flotilla chaos …`
 #[derive(Debug, Subcommand)]
@@ -123,7 +120,7 @@ fn rule(
 }
 
 async fn instances(service: Option<&str>) -> anyhow::Result<Vec<(String, Instance)>> {
-    let client = RegistryClient::from_url(&registry_url()?, "FLOTILLA_DISCOVERY")?;
+    let client = crate::status::directory()?;
     let all = client.services().await.context("is Flotilla running?")?;
     let found: Vec<_> = all
         .into_iter()

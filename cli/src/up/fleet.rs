@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kit::discovery::registry::RegistryClient;
+use kit::discovery::Directory;
 use kit::discovery::traffic::TrafficPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -104,7 +104,7 @@ type OneAtATime = Arc<tokio::sync::Mutex<()>>;
 #[derive(Clone)]
 pub struct Fleet {
     events: mpsc::UnboundedSender<Event>,
-    registry: RegistryClient,
+    registry: Arc<dyn Directory>,
     http: reqwest::Client,
     default: Spec,
     specs: Arc<Mutex<HashMap<&'static str, Specs>>>,
@@ -129,7 +129,7 @@ impl Say<'_> {
 impl Fleet {
     pub(super) fn new(
         events: mpsc::UnboundedSender<Event>,
-        registry: RegistryClient,
+        registry: Arc<dyn Directory>,
         http: reqwest::Client,
         default: Spec,
         out: Arc<Printer>,
@@ -251,7 +251,7 @@ impl Fleet {
             spec.version
         ));
         loop {
-            if is_ready(&self.registry, &self.http, service, pid).await {
+            if is_ready(&*self.registry, &self.http, service, pid).await {
                 let _ = self.events.send(Event::Adopt(id));
                 say.say(format!(
                     "{service}: pid {pid} is ready after {:.2}s",
@@ -638,7 +638,7 @@ impl Fleet {
     /// Request counts of every instance of `service` now, from their own `/metrics`.
     async fn sample(&self, service: &str) -> HashMap<String, (String, Counts)> {
         let mut out = HashMap::new();
-        let Ok(entry) = self.registry.service(service, None).await else {
+        let Ok(entry) = self.registry.service(service).await else {
             return out;
         };
         for i in entry.instances.iter().filter(|i| i.healthy) {
@@ -664,12 +664,12 @@ impl Fleet {
 
 /// Whether instance `pid` of `name` is registered and its admin `/readyz` answers 200.
 pub async fn is_ready(
-    client: &RegistryClient,
+    client: &dyn Directory,
     http: &reqwest::Client,
     name: &str,
     pid: u32,
 ) -> bool {
-    let Ok(entry) = client.service(name, None).await else {
+    let Ok(entry) = client.service(name).await else {
         return false;
     };
     let pid = pid.to_string();

@@ -529,17 +529,14 @@ impl Supervisor {
         let http = self.http.clone();
         self.poll_until(|| {
             let (client, http) = (client.clone(), http.clone());
-            async move { fleet::is_ready(&client, &http, name, pid).await }
+            async move { fleet::is_ready(&*client, &http, name, pid).await }
         })
         .await
     }
 
-    /// A client of the registry, as the operator.
-    fn registry_client(&self) -> anyhow::Result<kit::discovery::registry::RegistryClient> {
-        Ok(kit::discovery::registry::RegistryClient::from_url(
-            &self.plan.discovery(),
-            "FLOTILLA_REGISTRY__LISTEN",
-        )?)
+    /// The directory of the discovery the plan uses, as the operator.
+    fn registry_client(&self) -> anyhow::Result<Arc<dyn kit::discovery::Directory>> {
+        Ok(kit::discovery::directory_from_url(&self.plan.discovery())?)
     }
 
     /// Polls `check` until it holds, a service exits, or the timeout passes.

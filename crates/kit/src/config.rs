@@ -77,8 +77,8 @@ pub fn env_name(section: Option<&str>, key: &str) -> String {
 pub struct Common {
     /// Where embedded stores, logs, snapshots and certificates live (`FLOTILLA_DATA_DIR`).
     pub data_dir: PathBuf,
-    /// How services find each other: `registry://host:port`, `static://…` or `dns://…`
-    /// (`FLOTILLA_DISCOVERY`).
+    /// How services find each other: `registry://host:port`, `etcd://host:port[,…]`,
+    /// `static://…` or `dns://…` (`FLOTILLA_DISCOVERY`).
     pub discovery: String,
     /// OTLP/HTTP endpoint for traces (`FLOTILLA_OTLP_ENDPOINT`); unset: no export.
     pub otlp_endpoint: Option<String>,

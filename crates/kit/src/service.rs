@@ -43,6 +43,7 @@ use tower::ServiceExt;
 
 use crate::config::{Common, Config, ConfigError, EX_USAGE, env_name};
 use crate::discovery::BoxFuture;
+use crate::discovery::etcd::{EtcdClient, EtcdRegistration};
 use crate::discovery::registry::{Registration, RegistryClient};
 use crate::errors::Problem;
 use crate::security::mtls::{self, InternalTransport, TlsConfig};
@@ -508,32 +509,16 @@ impl Service {
             );
         }
 
-        let registration = match (register, ctx.common.discovery.starts_with("registry://")) {
-            (true, true) => {
-                let client = RegistryClient::from_url_with(
-                    &ctx.common.discovery,
-                    "FLOTILLA_DISCOVERY",
-                    &ctx.transport,
-                )?;
-                let version = ctx.common.version.clone();
-                let metadata = move || {
-                    let mut m = instance_metadata(admin_addr, &version, started);
-                    m.extend(extra_metadata.clone());
-                    m
-                };
-                Some(
-                    Registration::start(
-                        client,
-                        ctx.name,
-                        &ctx.instance_id,
-                        advertised(public_addr),
-                        ctx.common.lease_ttl,
-                        metadata,
-                    )
-                    .await?,
-                )
-            }
-            _ => None,
+        let registration = if register {
+            let version = ctx.common.version.clone();
+            let metadata = move || {
+                let mut m = instance_metadata(admin_addr, &version, started);
+                m.extend(extra_metadata.clone());
+                m
+            };
+            Registered::start(&ctx, advertised(public_addr), metadata).await?
+        } else {
+            None
         };
 
         tracing::info!(
@@ -570,7 +555,7 @@ impl Service {
         if let Some(r) = registration {
             r.deregister().await;
         }
-        // Clients hear of it (the registry pushes a deregistration at once; DNS and
+        // Clients hear of it (the registry and etcd push a deregistration at once; DNS and
         // Kubernetes endpoints follow the failing readiness), but a request may be on
         // its way already: keep taking them for a moment.
         tokio::time::sleep(ctx.common.drain_delay).await;
@@ -582,6 +567,45 @@ impl Service {
         }
         tracing::info!("{} stopped", ctx.name);
         Ok(())
+    }
+}
+
+/// An instance's registration with the backend `FLOTILLA_DISCOVERY` names.
+enum Registered {
+    Registry(Registration),
+    Etcd(EtcdRegistration),
+}
+
+impl Registered {
+    /// Registers with the registry or etcd; other backends (DNS, static lists) learn of
+    /// instances elsewhere, so `None`.
+    async fn start(
+        ctx: &Context,
+        addr: String,
+        metadata: impl Fn() -> BTreeMap<String, String> + Send + 'static,
+    ) -> Result<Option<Self>, StartError> {
+        let url = &ctx.common.discovery;
+        let (service, id, ttl) = (ctx.name, &ctx.instance_id, ctx.common.lease_ttl);
+        let registered = match url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("registry") => {
+                let client =
+                    RegistryClient::from_url_with(url, "FLOTILLA_DISCOVERY", &ctx.transport)?;
+                Self::Registry(Registration::start(client, service, id, addr, ttl, metadata).await?)
+            }
+            Some("etcd") => {
+                let client = EtcdClient::from_url(url, "FLOTILLA_DISCOVERY")?;
+                Self::Etcd(EtcdRegistration::start(client, service, id, addr, ttl, metadata).await?)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(registered))
+    }
+
+    async fn deregister(self) {
+        match self {
+            Self::Registry(r) => r.deregister().await,
+            Self::Etcd(r) => r.deregister().await,
+        }
     }
 }
 

@@ -43,10 +43,7 @@ impl std::fmt::Debug for DnsResolver {
 impl DnsResolver {
     /// Parses a `dns://` URL (see the module docs).
     pub fn parse(url: &str, setting: &str) -> Result<Self, ConfigError> {
-        let bad = |message: String| ConfigError::Setting {
-            setting: setting.to_owned(),
-            message,
-        };
+        let bad = super::setting_error(setting);
         let rest = url
             .strip_prefix("dns://")
             .ok_or_else(|| bad(format!("{url:?} is not a dns:// URL")))?;

@@ -1,13 +1,17 @@
 //! Service discovery: where are the instances of a service, and which one gets this call.
 //!
-//! A [`Resolver`] knows one way of finding instances (the Flotilla [`registry`], a
-//! [`static_list`], or [`dns`] for Kubernetes headless services). [`Discovery`] keeps
+//! A [`Resolver`] knows one way of finding instances (the Flotilla [`registry`],
+//! [`etcd`], a [`static_list`], or [`dns`] for Kubernetes headless services). [`Discovery`] keeps
 //! each service's instance set fresh in the background, keeps the last known set when
 //! the backend is unreachable, and balances calls by power of two choices on in-flight
 //! requests. Unhealthy or expired instances are never picked. A service's
-//! [`traffic::TrafficPolicy`] (from the registry) narrows a pick to one version first.
+//! [`traffic::TrafficPolicy`] (from the registry or etcd) narrows a pick to one version
+//! first. Operator tools read and change the registry or etcd through one
+//! [`Directory`].
 
+pub mod directory;
 pub mod dns;
+pub mod etcd;
 pub mod registry;
 pub mod static_list;
 pub mod traffic;
@@ -25,6 +29,8 @@ use tokio::sync::watch;
 
 use crate::config::ConfigError;
 use traffic::{RouteHint, TrafficPolicy};
+
+pub use directory::{Directory, directory_from_url};
 
 /// A boxed future, as returned by [`Resolver`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -50,7 +56,8 @@ pub struct Snapshot {
     pub instances: Vec<Instance>,
     /// Changes whenever the set changes; passed back to wait for the next change.
     pub revision: u64,
-    /// How calls are spread over versions, where the backend keeps rules (the registry).
+    /// How calls are spread over versions, where the backend keeps rules (the registry,
+    /// etcd).
     pub traffic: Option<TrafficPolicy>,
 }
 
@@ -71,14 +78,15 @@ pub enum DiscoveryError {
 pub trait Resolver: Send + Sync + 'static {
     /// The instances of `service`. With `after: None`, answers at once; with the revision
     /// of a previous snapshot, waits until the set may have changed (the registry
-    /// long-polls, DNS waits for its refresh interval, a static list never changes).
+    /// long-polls, etcd watches, DNS waits for its refresh interval, a static list never
+    /// changes).
     fn resolve<'a>(
         &'a self,
         service: &'a str,
         after: Option<u64>,
     ) -> BoxFuture<'a, Result<Snapshot, DiscoveryError>>;
 
-    /// A short name for logs (`registry`, `dns`, `static`).
+    /// A short name for logs (`registry`, `etcd`, `dns`, `static`).
     fn kind(&self) -> &'static str;
 }
 
@@ -92,12 +100,29 @@ pub fn resolver_from_url(url: &str) -> Result<Arc<dyn Resolver>, ConfigError> {
         ))),
         "static" => Ok(Arc::new(static_list::StaticResolver::parse(url, setting)?)),
         "dns" => Ok(Arc::new(dns::DnsResolver::parse(url, setting)?)),
+        "etcd" => Ok(Arc::new(etcd::EtcdResolver::new(
+            etcd::EtcdClient::from_url(url, setting)?,
+        ))),
         _ => Err(ConfigError::UnknownScheme {
             setting: setting.to_owned(),
             url: url.to_owned(),
-            expected: "registry://, static://, dns://",
+            expected: "registry://, etcd://, static://, dns://",
         }),
     }
+}
+
+/// Makes the [`ConfigError::Setting`] of `setting`, for the backends' URL parsers.
+fn setting_error(setting: &str) -> impl Fn(String) -> ConfigError + '_ {
+    move |message| ConfigError::Setting {
+        setting: setting.to_owned(),
+        message,
+    }
+}
+
+/// Whether `addr` is `host:port`.
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
 }
 
 /// An instance that can be picked, with its live in-flight count.

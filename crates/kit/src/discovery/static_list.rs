@@ -15,10 +15,7 @@ pub struct StaticResolver {
 impl StaticResolver {
     /// Parses a `static://name=addr,addr;name=addr` URL.
     pub fn parse(url: &str, setting: &str) -> Result<Self, ConfigError> {
-        let bad = |message: String| ConfigError::Setting {
-            setting: setting.to_owned(),
-            message,
-        };
+        let bad = super::setting_error(setting);
         let body = url
             .strip_prefix("static://")
             .ok_or_else(|| bad(format!("{url:?} is not a static:// URL")))?;
@@ -29,10 +26,7 @@ impl StaticResolver {
                 .ok_or_else(|| bad(format!("{part:?} must be name=host:port[,host:port]")))?;
             let mut instances = Vec::new();
             for (i, addr) in addrs.split(',').map(str::trim).enumerate() {
-                let valid = addr
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-                if !valid {
+                if !super::is_host_port(addr) {
                     return Err(bad(format!("{addr:?} in {name} is not host:port")));
                 }
                 instances.push(Instance {

@@ -100,9 +100,11 @@ pub struct OrderPage {
 pub struct ListQuery {
     /// 1–100 (default 20).
     #[garde(inner(range(min = 1, max = 100)))]
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// From the previous page's `next_cursor`.
     #[garde(inner(length(max = 64)))]
+    #[param(max_length = 64)]
     pub cursor: Option<String>,
 }
 
@@ -155,7 +157,10 @@ fn replay(answer: &crate::store::StoredAnswer, hash: &str) -> Response {
     params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters")),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted; the saga runs", body = Accepted),
+        (status = 202, description = "Accepted; the saga runs", body = Accepted, links(
+            ("GetOrder" = (operation_id = "get_order", parameters(("id" = "$response.body#/order_id")))),
+            ("CancelOrder" = (operation_id = "cancel_order", parameters(("id" = "$response.body#/order_id")))),
+        )),
         (status = 400, description = "Malformed body or Idempotency-Key (problem document)"),
         (status = 401, description = "No access token (problem document)"),
         (status = 422, description = "Invalid fields, unknown SKU, or a reused key (problem document)"),

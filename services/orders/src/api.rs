@@ -279,7 +279,11 @@ async fn owned(app: &AppState, caller: &Identity, id: &str) -> Result<(Order, Sa
     params(("id" = String, Path, description = "The order id (UUIDv7)")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The order", body = OrderView),
+        // `get_payment` is payments' operation: the link resolves in the gateway's merged
+        // document, the one clients read.
+        (status = 200, description = "The order", body = OrderView, links(
+            ("GetPayment" = (operation_id = "get_payment", parameters(("id" = "$response.body#/payment_id")))),
+        )),
         (status = 401, description = "No access token (problem document)"),
         (status = 404, description = "Unknown or not the caller's (problem document)"),
     ))]

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod errors;
 pub mod extract;
 pub mod http;
+pub mod openapi;
 pub mod resilience;
 pub mod security;
 pub mod service;

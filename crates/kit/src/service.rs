@@ -990,9 +990,13 @@ pub fn rss_of(pid: &str) -> Option<u64> {
 }
 
 /// `GET /openapi.json`, for a service's admin listener: its public API as `D` describes
-/// it (generated from the code with utoipa); the gateway merges these documents.
+/// it (generated from the code with utoipa), with the kit's own answers and every failure
+/// as a problem document ([`crate::openapi::document_problems`]); the gateway merges these
+/// documents.
 pub fn openapi_route<D: utoipa::OpenApi>() -> Router {
-    let doc = D::openapi();
+    let mut doc = serde_json::to_value(D::openapi()).expect("an OpenAPI document serializes");
+    crate::openapi::camel_case_links(&mut doc);
+    crate::openapi::document_problems(&mut doc);
     Router::new().route(
         "/openapi.json",
         get(move || std::future::ready(axum::Json(doc.clone()))),

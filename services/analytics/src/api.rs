@@ -62,7 +62,7 @@ fn window(query: Option<&str>) -> Result<Window, Problem> {
 
 /// Orders, revenue, best sellers and event rate over a window.
 #[utoipa::path(get, path = "/api/analytics/summary", tag = "analytics",
-    params(("window" = Option<String>, Query, description = "`<n>m`, `<n>h` or `<n>d`, 1m to 90d; default 1h")),
+    params(("window" = Option<String>, Query, description = "`<n>m`, `<n>h` or `<n>d`, 1m to 90d; default 1h", pattern = "^[1-9][0-9]{0,5}[mhd]$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The summary of the window", body = Summary),

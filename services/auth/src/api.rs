@@ -106,12 +106,15 @@ fn valid_name(v: &str, _: &()) -> garde::Result {
 pub struct RegisterBody {
     /// The account's email (case does not matter).
     #[garde(custom(valid_email))]
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// At least 12 characters.
+    /// At least 12 characters, at most 1024 bytes.
     #[garde(custom(valid_password))]
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: String,
     /// The display name, 1–100 characters.
     #[garde(custom(valid_name))]
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
@@ -137,9 +140,11 @@ pub struct Registered {
 pub struct LoginBody {
     /// The account's email.
     #[garde(length(max = 1024))]
+    #[schema(max_length = 1024)]
     pub email: String,
     /// Its password.
     #[garde(length(max = 4096))]
+    #[schema(max_length = 4096)]
     pub password: String,
 }
 
@@ -157,6 +162,7 @@ impl std::fmt::Debug for LoginBody {
 pub struct RefreshBody {
     /// The refresh token from login or the last refresh.
     #[garde(length(min = 1, max = 256))]
+    #[schema(min_length = 1, max_length = 256)]
     pub refresh_token: String,
 }
 

@@ -468,6 +468,19 @@ async fn describes_its_api_in_openapi_on_the_admin_listener() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path}: {doc}");
     }
+    // What the handlers validate is what the document states, and failures are problems.
+    let token = &doc["components"]["schemas"]["RefreshBody"]["properties"]["refresh_token"];
+    assert_eq!(
+        (&token["minLength"], &token["maxLength"]),
+        (&json!(1), &json!(256))
+    );
+    let logout = &doc["paths"]["/api/auth/logout"]["post"]["responses"];
+    for status in ["400", "415", "422"] {
+        assert!(
+            logout[status]["content"]["application/problem+json"].is_object(),
+            "{status}: {logout}"
+        );
+    }
 }
 
 /// Registration end to end: auth → users over real gRPC, found through the real

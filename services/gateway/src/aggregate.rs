@@ -53,6 +53,49 @@ pub fn router_with_timeout(gateway: Arc<Gateway>, timeout: Duration) -> Router {
         .with_state(Aggregator { gateway, timeout })
 }
 
+/// The path of the order summary in the OpenAPI document.
+pub const SUMMARY_PATH: &str = "/api/orders/{id}/summary";
+
+/// The OpenAPI path item of the order summary (the gateway's own operation; the
+/// gateway adds its edge answers to it like to every other).
+pub fn summary_openapi() -> Value {
+    let part = |kind: &str, what: &str| json!({"type": [kind, "null"], "description": what});
+    json!({"get": {
+        "tags": ["gateway"],
+        "operationId": "order_summary",
+        "summary": "The order with its user, products and payment in one answer.",
+        "description": "A part whose service is down, slow or failing is `null` and named in `degraded`; the answer is still `200`.",
+        "parameters": [{
+            "name": "id", "in": "path", "required": true,
+            "description": "The order id (UUIDv7)", "schema": {"type": "string"},
+        }],
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {"description": "The summary", "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["order", "user", "products", "payment", "degraded"],
+                "properties": {
+                    "order": part("object", "As `GET /api/orders/{id}` answers it"),
+                    "user": part("object", "As `GET /api/users/{id}` answers it"),
+                    "products": {
+                        "type": ["array", "null"],
+                        "description": "Each line's product, as `GET /api/products/{sku}` answers it",
+                        "items": {"type": "object"},
+                    },
+                    "payment": part("object", "As `GET /api/payments/{id}` answers it, once there is one"),
+                    "degraded": {
+                        "type": "array",
+                        "description": "The parts that are missing because their service failed",
+                        "items": {"type": "string", "enum": ["order", "user", "products", "payment"]},
+                    },
+                },
+            }}}},
+            "401": {"description": "No access token (problem document)"},
+            "404": {"description": "Unknown or not the caller's (problem document)"},
+        },
+    }})
+}
+
 /// Why a part is missing.
 #[derive(Debug)]
 enum Failed {

@@ -56,7 +56,11 @@ pub fn merge(docs: &[(String, Vec<String>, Value)], unavailable: &[String]) -> V
             schemas.extend(s.clone());
         }
     }
-    json!({
+    paths.insert(
+        crate::aggregate::SUMMARY_PATH.to_owned(),
+        crate::aggregate::summary_openapi(),
+    );
+    let mut merged = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Flotilla",
@@ -72,7 +76,33 @@ pub fn merge(docs: &[(String, Vec<String>, Value)], unavailable: &[String]) -> V
             },
         },
         "x-flotilla-unavailable": unavailable,
-    })
+    });
+    document_edge_answers(&mut merged);
+    kit::openapi::document_problems(&mut merged);
+    merged
+}
+
+/// The answers the gateway itself may give to any request it routes, whatever the
+/// service documents: a malformed path or header, the rate limit, and a service that is
+/// down, failing or slow (a body's size limit and JSON check are the kit's `413`/`415`).
+fn document_edge_answers(doc: &mut Value) {
+    for op in kit::openapi::operations_mut(doc) {
+        for (status, description) in [
+            (400, "Malformed path, headers or body (problem document)"),
+            (
+                429,
+                "Rate limited; `Retry-After` says when to try again (problem document)",
+            ),
+            (502, "The service failed to answer (problem document)"),
+            (
+                503,
+                "The service is unavailable or its circuit breaker is open; `Retry-After` says when to try again (problem document)",
+            ),
+            (504, "The service did not answer in time (problem document)"),
+        ] {
+            kit::openapi::add_response(op, status, description);
+        }
+    }
 }
 
 async fn fetch(http: &reqwest::Client, gateway: &Gateway, service: &str) -> Option<Value> {
@@ -148,5 +178,47 @@ mod tests {
         assert!(merged["components"]["schemas"]["ProductView"].is_object());
         assert_eq!(merged["x-flotilla-unavailable"][0], "payments");
         assert!(!under("/api/productsX", "/api/products"));
+    }
+
+    #[test]
+    fn every_operation_documents_the_gateways_own_answers_as_problems() {
+        let inv = json!({"openapi": "3.1.0", "paths": {
+            "/api/products/{sku}": {"get": {"responses": {
+                "200": {"description": "The product", "content": {"application/json": {}}},
+                "404": {"description": "No such product"},
+            }}},
+            "/api/products/{sku}/stock": {"put": {
+                "requestBody": {"content": {"application/json": {}}},
+                "responses": {"200": {"description": "The product"}},
+            }},
+        }});
+        let merged = merge(
+            &[("inventory".into(), vec!["/api/products".into()], inv)],
+            &[],
+        );
+        let problem = |op: &Value, status: &str| {
+            op["responses"][status]["content"]["application/problem+json"]["schema"]["$ref"].clone()
+        };
+        let get = &merged["paths"]["/api/products/{sku}"]["get"];
+        for status in ["400", "404", "429", "502", "503", "504"] {
+            assert_eq!(
+                problem(get, status),
+                "#/components/schemas/Problem",
+                "{status}: {get}"
+            );
+        }
+        assert!(get["responses"]["415"].is_null(), "{get}");
+        let put = &merged["paths"]["/api/products/{sku}/stock"]["put"];
+        for status in ["413", "415", "422", "429"] {
+            assert_eq!(
+                problem(put, status),
+                "#/components/schemas/Problem",
+                "{status}"
+            );
+        }
+        assert!(merged["components"]["schemas"]["Problem"].is_object());
+        let summary = &merged["paths"]["/api/orders/{id}/summary"]["get"];
+        assert_eq!(summary["operationId"], "order_summary");
+        assert_eq!(problem(summary, "503"), "#/components/schemas/Problem");
     }
 }

@@ -137,9 +137,11 @@ pub struct NewProduct {
     pub sku: Sku,
     /// Display name.
     #[garde(length(chars, min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Description.
     #[garde(length(chars, max = 4000))]
+    #[schema(max_length = 4000)]
     #[serde(default)]
     pub description: String,
     /// Unit price in minor units.
@@ -233,7 +235,7 @@ async fn set_stock(
 #[utoipa::path(get, path = "/api/products", tag = "inventory",
     params(
         ("limit" = Option<u32>, Query, description = "1-100, default 20", minimum = 1, maximum = 100),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", max_length = 200),
     ),
     responses(
         (status = 200, description = "A page of products", body = ProductPage),

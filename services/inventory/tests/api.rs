@@ -429,6 +429,19 @@ async fn describes_its_api_in_openapi_on_the_admin_listener() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing: {doc}");
     }
+    // What the handlers validate is what the document states, and failures are problems.
+    let name = &doc["components"]["schemas"]["NewProduct"]["properties"]["name"];
+    assert_eq!(
+        (&name["minLength"], &name["maxLength"]),
+        (&json!(1), &json!(200))
+    );
+    let stock = &doc["paths"]["/api/products/{sku}/stock"]["put"]["responses"];
+    for status in ["400", "404", "415", "422"] {
+        assert!(
+            stock[status]["content"]["application/problem+json"].is_object(),
+            "{status}: {stock}"
+        );
+    }
 }
 
 #[tokio::test]

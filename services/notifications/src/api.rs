@@ -102,7 +102,7 @@ pub(crate) fn store_failed(e: NotificationStoreError) -> Problem {
 #[utoipa::path(get, path = "/api/notifications", tag = "notifications",
     params(
         ("limit" = Option<u32>, Query, description = "1-100, default 20", minimum = 1, maximum = 100),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page", max_length = 64),
     ),
     security(("bearer" = [])),
     responses(

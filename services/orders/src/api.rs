@@ -100,9 +100,11 @@ pub struct OrderPage {
 pub struct ListQuery {
     /// 1–100 (default 20).
     #[garde(inner(range(min = 1, max = 100)))]
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// From the previous page's `next_cursor`.
     #[garde(inner(length(max = 64)))]
+    #[param(max_length = 64)]
     pub cursor: Option<String>,
 }
 
@@ -155,7 +157,10 @@ fn replay(answer: &crate::store::StoredAnswer, hash: &str) -> Response {
     params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters")),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted; the saga runs", body = Accepted),
+        (status = 202, description = "Accepted; the saga runs", body = Accepted, links(
+            ("GetOrder" = (operation_id = "get_order", parameters(("id" = "$response.body#/order_id")))),
+            ("CancelOrder" = (operation_id = "cancel_order", parameters(("id" = "$response.body#/order_id")))),
+        )),
         (status = 400, description = "Malformed body or Idempotency-Key (problem document)"),
         (status = 401, description = "No access token (problem document)"),
         (status = 422, description = "Invalid fields, unknown SKU, or a reused key (problem document)"),
@@ -274,7 +279,11 @@ async fn owned(app: &AppState, caller: &Identity, id: &str) -> Result<(Order, Sa
     params(("id" = String, Path, description = "The order id (UUIDv7)")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The order", body = OrderView),
+        // `get_payment` is payments' operation: the link resolves in the gateway's merged
+        // document, the one clients read.
+        (status = 200, description = "The order", body = OrderView, links(
+            ("GetPayment" = (operation_id = "get_payment", parameters(("id" = "$response.body#/payment_id")))),
+        )),
         (status = 401, description = "No access token (problem document)"),
         (status = 404, description = "Unknown or not the caller's (problem document)"),
     ))]

@@ -59,9 +59,11 @@ pub fn saga_definition(deadline: Duration) -> Definition {
 pub struct ItemInput {
     /// The product's SKU.
     #[garde(custom(valid_sku))]
+    #[schema(pattern = "^[A-Z0-9][A-Z0-9-]{1,63}$")]
     pub sku: String,
     /// Units, 1–100.
     #[garde(range(min = 1, max = MAX_QUANTITY))]
+    #[schema(minimum = 1, maximum = 100)]
     pub quantity: u32,
 }
 
@@ -71,15 +73,19 @@ pub struct ItemInput {
 pub struct PaymentInput {
     /// 12–19 digits passing the Luhn check.
     #[garde(custom(valid_card_number))]
+    #[schema(pattern = "^[0-9]{12,19}$")]
     pub card_number: String,
     /// 1–12.
     #[garde(range(min = 1, max = 12))]
+    #[schema(minimum = 1, maximum = 12)]
     pub exp_month: u32,
     /// Four digits.
     #[garde(range(min = 2000, max = 2999))]
+    #[schema(minimum = 2000, maximum = 2999)]
     pub exp_year: u32,
     /// 3 or 4 digits.
     #[garde(custom(valid_cvc))]
+    #[schema(pattern = "^[0-9]{3,4}$")]
     pub cvc: String,
 }
 
@@ -94,9 +100,14 @@ impl std::fmt::Debug for PaymentInput {
 /// `POST /api/orders` body.
 #[derive(Debug, Clone, Serialize, Deserialize, garde::Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "items": [{"sku": "FLT-BOAT-001", "quantity": 1}],
+    "payment": {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+}))]
 pub struct PlaceOrder {
     /// 1–50 lines, each SKU once.
     #[garde(length(min = 1, max = MAX_ITEMS), dive, custom(distinct_skus))]
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<ItemInput>,
     /// The card.
     #[garde(dive)]
@@ -419,6 +430,16 @@ mod tests {
         assert!(!luhn("4242424242424241"));
         assert!(!luhn("42424242x4242424"));
         assert!(!luhn(""));
+    }
+
+    #[test]
+    fn the_documented_example_is_a_valid_order() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(PlaceOrder::schema()).unwrap();
+        let example: PlaceOrder = serde_json::from_value(schema["example"].clone()).unwrap();
+        assert!(example.validate().is_ok());
+        assert!(luhn(&example.payment.card_number));
+        assert_eq!(schema["properties"]["items"]["maxItems"], MAX_ITEMS);
     }
 
     #[test]

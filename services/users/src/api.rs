@@ -68,6 +68,7 @@ impl From<Profile> for ProfileView {
 #[allow(dead_code)]
 pub struct ProfilePatchDoc {
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
 }
 

@@ -342,7 +342,7 @@ EOF
     [[ -n $gi ]] && info=" With \`FLOTILLA_LOG=info\` (the default filter) the gateway also builds OpenTelemetry spans and costs ${gi} µs of CPU per request."
     if [[ $GATEWAY_AUTH == 1 ]]; then
         ga=$(col gateway-auth "$p0" 10)
-        info="$info With JWT verification (an Ed25519 signature check per request) and rate limiting on, it costs ${ga} µs of CPU per request against ${gc} µs with both off ($(ratio "$ga" "$gc")×), at $(ratio "$(col gateway-auth "$p0" 4)" "$g")× the throughput."
+        info="$info With JWT verification (every request carries the same bearer token, as a client sends its token for its lifetime: the Ed25519 check runs on its first use and at most once a minute after, the verified-token cache answers the rest; docs/security.md) and rate limiting on, it costs ${ga} µs of CPU per request against ${gc} µs with both off ($(ratio "$ga" "$gc")×), at $(ratio "$(col gateway-auth "$p0" 4)" "$g")× the throughput."
     fi
     cmp=$(awk -v r="$(ratio "$g" "$n")" 'BEGIN {print (r < 0.95) ? "below" : (r > 1.05) ? "above" : "level with"}')
     cat <<EOF

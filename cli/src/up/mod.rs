@@ -676,6 +676,7 @@ impl Supervisor {
             self.procs.retain(|p| p.id != id);
             return Some(ExitCode::from(EX_USAGE as u8));
         }
+        self.forget(name, pid);
         let proc = self.proc_mut(id).expect("checked above");
         if proc.started.elapsed() > STABLE_AFTER {
             proc.restarts = 0;
@@ -693,6 +694,38 @@ impl Supervisor {
             let _ = events.send(Event::Restart(id));
         });
         None
+    }
+
+    /// Removes the registration of `name`'s instance that ran as `pid`, which just died,
+    /// from discovery at once: otherwise callers keep picking it (and failing over)
+    /// until its lease runs out. In the background; if it fails, the lease still does.
+    fn forget(&self, name: &'static str, pid: u32) {
+        if name == "registry" {
+            return;
+        }
+        let Ok(directory) = self.registry_client() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let pid = pid.to_string();
+            let Ok(entry) = directory.service(name).await else {
+                return;
+            };
+            for i in entry
+                .instances
+                .iter()
+                .filter(|i| i.metadata.get("pid") == Some(&pid))
+            {
+                match directory.deregister(name, &i.id).await {
+                    Ok(()) => {
+                        tracing::debug!(service = name, instance = %i.id, "dead instance deregistered")
+                    }
+                    Err(e) => {
+                        tracing::debug!(service = name, error = %e, "deregistering a dead instance failed; its lease will run out")
+                    }
+                }
+            }
+        });
     }
 
     /// Tells instance `id` to drain and stop (SIGTERM); `reply` hears when it exited.

@@ -26,6 +26,14 @@ pub trait Directory: Send + Sync + 'static {
         traffic: Option<&'a TrafficPolicy>,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>>;
 
+    /// Removes instance `id` of `service` at once, without waiting for its lease to
+    /// run out: a supervisor that saw the process die knows it will not come back.
+    fn deregister<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), DiscoveryError>>;
+
     /// Where the directory is, for messages (`registry https://127.0.0.1:8082`).
     fn location(&self) -> String;
 }
@@ -45,6 +53,14 @@ impl Directory for RegistryClient {
         traffic: Option<&'a TrafficPolicy>,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
         Box::pin(RegistryClient::set_traffic(self, name, traffic))
+    }
+
+    fn deregister<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
+        Box::pin(RegistryClient::deregister(self, service, id))
     }
 
     fn location(&self) -> String {
@@ -67,6 +83,14 @@ impl Directory for EtcdClient {
         traffic: Option<&'a TrafficPolicy>,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
         Box::pin(EtcdClient::set_traffic(self, name, traffic))
+    }
+
+    fn deregister<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
+        Box::pin(EtcdClient::remove_instance(self, service, id))
     }
 
     fn location(&self) -> String {

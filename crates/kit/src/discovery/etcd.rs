@@ -266,6 +266,12 @@ impl EtcdClient {
         .map(drop)
     }
 
+    /// Removes instance `id` of `service` now, without waiting for its lease (what a
+    /// supervisor does for a process it saw die).
+    pub async fn remove_instance(&self, service: &str, id: &str) -> Result<(), DiscoveryError> {
+        self.delete(&self.instance_key(service, id)).await
+    }
+
     /// One service: its instances and traffic rules, read at one revision (which is the
     /// entry's `index`).
     pub async fn service(&self, service: &str) -> Result<ServiceEntry, DiscoveryError> {

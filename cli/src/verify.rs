@@ -379,10 +379,10 @@ struct Targets {
 /// The services whose inboxes `verify` reads.
 const CONSUMERS: &[&str] = &["notifications", "analytics"];
 
-/// The bus (`--bus`; else the configured one — for the embedded bus, at the address
-/// its instance registered) and the admin listeners of orders, payments, inventory and
-/// the consumers, from discovery.
-async fn targets(bus: Option<String>) -> anyhow::Result<Targets> {
+/// The bus (`--bus`; else `configured`, the configuration's — for the embedded bus, at
+/// the address its instance registered) and the admin listeners of orders, payments,
+/// inventory and the consumers, from discovery.
+async fn targets(bus: Option<String>, configured: &str) -> anyhow::Result<Targets> {
     let client = crate::status::directory()?;
     let services = client.services().await.context("is Flotilla running?")?;
     // A killed instance stays listed (unhealthy) until its lease runs out.
@@ -394,13 +394,10 @@ async fn targets(bus: Option<String>) -> anyhow::Result<Targets> {
     };
     let bus = match bus {
         Some(url) => url,
-        None => {
-            let url = kit_events::url_from_config(&kit::config::Config::load());
-            match first("bus") {
-                Some(i) if kit::store::scheme(&url) == "bus" => format!("bus://{}", i.addr),
-                _ => url,
-            }
-        }
+        None => match first("bus") {
+            Some(i) if kit::store::scheme(configured) == "bus" => format!("bus://{}", i.addr),
+            _ => configured.to_owned(),
+        },
     };
     let admin = |name: &str| {
         first(name)
@@ -427,6 +424,8 @@ struct Reading {
     orders_at: u64,
     /// The bus, once connected.
     bus: Option<(String, std::sync::Arc<dyn Inspect>)>,
+    /// The bus the configuration names, read once.
+    configured_bus: String,
 }
 
 /// Every payment in payments' ledger, a thousand at a time.
@@ -510,7 +509,7 @@ async fn observe(
         payments,
         inventory,
         consumers,
-    } = targets(bus.map(str::to_owned)).await?;
+    } = targets(bus.map(str::to_owned), &r.configured_bus).await?;
     let bus = match &r.bus {
         Some((known, bus)) if *known == url => bus.clone(),
         _ => {
@@ -579,7 +578,10 @@ pub async fn findings(bus: Option<&str>, deadline: Duration) -> anyhow::Result<V
         .timeout(Duration::from_secs(10))
         .build()?;
     let deadline = tokio::time::Instant::now() + deadline;
-    let mut reading = Reading::default();
+    let mut reading = Reading {
+        configured_bus: kit_events::url_from_config(&kit::config::Config::load()),
+        ..Reading::default()
+    };
     loop {
         let past = tokio::time::Instant::now() >= deadline;
         // A service just killed is restarting, orders in flight settle, lagging groups

@@ -20,23 +20,13 @@ pub struct Server {
     pub used_by: Vec<String>,
 }
 
-/// The server kind of a URL's scheme.
-fn kind_of(url: &str) -> Option<&'static str> {
-    Some(match kit::store::scheme(url) {
-        "postgres" | "postgresql" => "postgresql",
-        "mysql" | "mariadb" => "mariadb",
-        "redis" | "rediss" => "redis",
-        "nats" => "nats",
-        "etcd" => "etcd",
-        _ => return None,
-    })
-}
-
 /// The servers `config` runs on, once each, in a stable order.
 pub fn servers(config: &Config) -> anyhow::Result<Vec<Server>> {
     let mut out: Vec<Server> = Vec::new();
     for (setting, url) in preflight::servers(config)? {
-        let Some(kind) = kind_of(&url) else { continue };
+        let Some((kind, _)) = preflight::server_of(&url) else {
+            continue;
+        };
         match out.iter_mut().find(|s| s.kind == kind) {
             Some(s) => s.used_by.push(setting),
             None => out.push(Server {

@@ -45,17 +45,22 @@ pub fn servers(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// The port a server of this URL's scheme listens on by default; `None` for what is
-/// not a network server.
-fn default_port(url: &str) -> Option<u16> {
+/// The server a URL's scheme names — `postgresql`, `mariadb`, `redis`, `nats` or `etcd`
+/// (what `restart-server.sh` takes) — and the port it listens on by default; `None` for
+/// what is not a network server.
+pub fn server_of(url: &str) -> Option<(&'static str, u16)> {
     Some(match kit::store::scheme(url) {
-        "postgres" | "postgresql" => 5432,
-        "mysql" | "mariadb" => 3306,
-        "redis" | "rediss" => 6379,
-        "nats" => 4222,
-        "etcd" => 2379,
+        "postgres" | "postgresql" => ("postgresql", 5432),
+        "mysql" | "mariadb" => ("mariadb", 3306),
+        "redis" | "rediss" => ("redis", 6379),
+        "nats" => ("nats", 4222),
+        "etcd" => ("etcd", 2379),
         _ => return None,
     })
+}
+
+fn default_port(url: &str) -> Option<u16> {
+    server_of(url).map(|(_, port)| port)
 }
 
 /// `host:port` of every server a URL names (`etcd://a:2379,b:2379` names two).

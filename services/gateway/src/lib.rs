@@ -4,9 +4,9 @@
 //! discovery, power of two choices), protects each service with a bulkhead, a circuit
 //! breaker and budgeted retries (`[resilience]` config), forwards over pooled keep-alive
 //! connections (HTTP/1.1 or h2c) with the route's deadline, and answers upstream
-//! failures as problem documents: `503` with `Retry-After` when no instance is healthy
-//! or the breaker is open (at once, without touching the network), `502` when the
-//! upstream fails, `504` when it times out. It never forwards admin, metrics or health
+//! failures as problem documents: `503` with `Retry-After` when no instance is healthy,
+//! none accepts a connection or the breaker is open (at once, without touching the
+//! network), `502` when the upstream fails while answering, `504` when it times out. It never forwards admin, metrics or health
 //! paths.
 //!
 //! At the edge ([`edge`]) it verifies access tokens (EdDSA JWTs against the JWKS of

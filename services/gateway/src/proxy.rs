@@ -424,9 +424,13 @@ impl Attempt {
                 Duration::from_secs(1),
             )
             .into_response(),
-            Self::NotConnected => {
-                Problem::bad_gateway(format!("cannot connect to {service}")).into_response()
-            }
+            // Nothing was sent: the service is unavailable, not misbehaving (API.md: 503
+            // with `Retry-After` for a dependency that is down).
+            Self::NotConnected => Problem::unavailable(
+                format!("cannot connect to any instance of {service}"),
+                Duration::from_secs(1),
+            )
+            .into_response(),
             Self::Failed => {
                 Problem::bad_gateway(format!("{service} failed to answer")).into_response()
             }

@@ -179,7 +179,9 @@ async fn upstream_failures_are_problems() {
     let s = setup().await;
     let slow = problem(s.get("/slow/x").await, 504).await;
     assert!(slow["detail"].as_str().unwrap().contains("slow"));
-    problem(s.get("/dead/x").await, 502).await;
+    let dead = s.get("/dead/x").await;
+    assert_eq!(dead.headers()["retry-after"], "1");
+    problem(dead, 503).await;
     let res = s.get("/nobody/x").await;
     assert_eq!(res.headers()["retry-after"], "1");
     problem(res, 503).await;

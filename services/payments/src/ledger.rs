@@ -2,11 +2,13 @@
 //! validation, idempotency, the state machine and the provider calls in one place.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::domain::{
     Card, Effect, Invalid, Money, Operation, Payment, Refusal, Status, apply, now_rfc3339,
 };
-use crate::provider::{Authorization, PaymentProvider};
+use crate::provider::{Lookup, PaymentProvider};
+use crate::reconcile::{self, Resolved};
 use crate::store::{Applied, Begin, Change, Ledger, LedgerError};
 
 /// Why an operation was refused or failed.
@@ -50,6 +52,26 @@ pub struct AuthorizeInput {
     pub idempotency_key: String,
 }
 
+impl AuthorizeInput {
+    /// The claim recorded for this authorization before the provider is called: a
+    /// `pending` payment with a fresh id (the provider's idempotency key).
+    pub fn claim(&self) -> Payment {
+        Payment {
+            id: uuid::Uuid::now_v7().to_string(),
+            order_id: self.order_id.clone(),
+            user_id: self.user_id.clone(),
+            amount_cents: self.amount.cents,
+            currency: self.amount.currency.clone(),
+            status: Status::Pending,
+            refunded_cents: 0,
+            card_last4: self.card.last4(),
+            decline_reason: None,
+            provider_ref: None,
+            created_at: now_rfc3339(),
+        }
+    }
+}
+
 fn check_id(field: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.is_empty() || value.len() > max || !value.chars().all(|c| c.is_ascii_graphic()) {
         return Err(Invalid {
@@ -72,12 +94,25 @@ pub fn check_authorize_ids(order_id: &str, user_id: &str, key: &str) -> Result<(
 pub struct Payments {
     ledger: Arc<dyn Ledger>,
     provider: Arc<dyn PaymentProvider>,
+    stale_after: Duration,
 }
 
 impl Payments {
-    /// Payments kept in `ledger`, processed by `provider`.
+    /// Payments kept in `ledger`, processed by `provider`; a pending claim counts as
+    /// stale after [`reconcile::DEFAULT_STALE_AFTER`].
     pub fn new(ledger: Arc<dyn Ledger>, provider: Arc<dyn PaymentProvider>) -> Self {
-        Self { ledger, provider }
+        Self {
+            ledger,
+            provider,
+            stale_after: reconcile::DEFAULT_STALE_AFTER,
+        }
+    }
+
+    /// The same, with pending claims older than `stale_after` resolved by asking the
+    /// provider (by a retried `Authorize` and by the [`reconcile::Reconciler`]).
+    pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
+        self.stale_after = stale_after;
+        self
     }
 
     /// The ledger (for the REST reads).
@@ -85,48 +120,91 @@ impl Payments {
         &self.ledger
     }
 
+    /// The provider.
+    pub fn provider(&self) -> &Arc<dyn PaymentProvider> {
+        &self.provider
+    }
+
+    /// How old a pending claim must be before it is resolved by asking the provider.
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
+    }
+
     /// Authorizes once per order: a repeated call returns the first outcome (approved or
-    /// declined) without calling the provider again.
+    /// declined) without placing a second hold.
+    ///
+    /// The payment is first claimed (`pending`), then the provider is asked with the
+    /// payment's id as its idempotency key, then the answer is recorded. A repeated call
+    /// that finds the claim still pending gets [`PaymentError::InProgress`] while the
+    /// claim is younger than [`Self::stale_after`]; once it is older (its process
+    /// probably died mid-call) the call resolves it at once, as the reconciler would
+    /// ([`reconcile::resolve`]): the answer the provider has for the key is recorded and
+    /// returned, or, if the provider has no record, the claim is released and this call
+    /// starts afresh. Every resolution is compare-and-set on `pending`, so concurrent
+    /// callers and sweepers record one outcome.
     pub async fn authorize(&self, input: AuthorizeInput) -> Result<Payment, PaymentError> {
         check_authorize_ids(&input.order_id, &input.user_id, &input.idempotency_key)?;
-        let pending = Payment {
-            id: uuid::Uuid::now_v7().to_string(),
-            order_id: input.order_id.clone(),
-            user_id: input.user_id.clone(),
-            amount_cents: input.amount.cents,
-            currency: input.amount.currency.clone(),
-            status: Status::Pending,
-            refunded_cents: 0,
-            card_last4: input.card.last4(),
-            decline_reason: None,
-            provider_ref: None,
-            created_at: now_rfc3339(),
-        };
-        let id = pending.id.clone();
-        match self.ledger.begin(pending, input.idempotency_key).await? {
-            Begin::Existing(p) => {
-                if p.amount_cents != input.amount.cents || p.currency != input.amount.currency {
-                    Err(PaymentError::OrderMismatch(input.order_id))
-                } else if p.status == Status::Pending {
-                    Err(PaymentError::InProgress(input.order_id))
-                } else {
-                    Ok(*p)
+        // Each round either answers or released a stale claim; a claim released twice
+        // in a row means others are racing for the order: let the caller retry.
+        for _ in 0..3 {
+            let pending = input.claim();
+            let id = pending.id.clone();
+            match self
+                .ledger
+                .begin(pending, input.idempotency_key.clone())
+                .await?
+            {
+                Begin::Started => return self.attempt(id, &input).await,
+                Begin::Existing(p) => {
+                    if p.amount_cents != input.amount.cents || p.currency != input.amount.currency {
+                        return Err(PaymentError::OrderMismatch(input.order_id));
+                    }
+                    if p.status != Status::Pending {
+                        return Ok(*p);
+                    }
+                    if !reconcile::is_stale(&p, self.stale_after) {
+                        return Err(PaymentError::InProgress(input.order_id));
+                    }
+                    match reconcile::resolve(self, &p).await?.1 {
+                        Resolved::Settled(p) => return Ok(*p),
+                        Resolved::Released => continue,
+                        Resolved::Unreachable(e) => return Err(e.into()),
+                    }
                 }
             }
-            Begin::Started => match self.provider.authorize(&input.card, &input.amount).await {
-                Ok(Authorization::Approved(reference)) => Ok(self
-                    .ledger
-                    .complete(id, Status::Authorized, Some(reference), None)
-                    .await?),
-                Ok(Authorization::Declined(reason)) => Ok(self
-                    .ledger
-                    .complete(id, Status::Declined, None, Some(reason))
-                    .await?),
-                Err(e) => {
-                    self.ledger.abandon(id).await?;
-                    Err(e.into())
+        }
+        Err(PaymentError::InProgress(input.order_id))
+    }
+
+    /// Asks the provider for the claim `id` and records its answer.
+    async fn attempt(&self, id: String, input: &AuthorizeInput) -> Result<Payment, PaymentError> {
+        let answer = match self
+            .provider
+            .authorize(&id, &input.card, &input.amount)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                // The request may or may not have been processed: ask. Without a record
+                // the claim goes, so a retry starts afresh; without an answer it stays
+                // for reconciliation (the provider may hold funds under this key).
+                match self.provider.lookup(&id).await {
+                    Ok(Lookup::Answered(answer)) => answer,
+                    Ok(Lookup::Unknown) => {
+                        self.ledger.abandon(id).await?;
+                        return Err(e.into());
+                    }
+                    Err(_) => return Err(e.into()),
                 }
-            },
+            }
+        };
+        match reconcile::settle(self, &id, answer).await?.0 {
+            Resolved::Settled(p) => Ok(*p),
+            // A reconciler released the claim while the provider was answering (the
+            // hold, if any, was voided): a retry starts afresh.
+            Resolved::Released | Resolved::Unreachable(_) => {
+                Err(PaymentError::InProgress(input.order_id.clone()))
+            }
         }
     }
 
@@ -160,15 +238,15 @@ impl Payments {
             let reference = p.provider_ref.clone().unwrap_or_default();
             let (kind, amount) = match &op {
                 Operation::Capture => {
-                    self.provider.capture(&reference).await?;
+                    self.provider.capture(&reference, key).await?;
                     ("capture", p.amount_cents)
                 }
                 Operation::Void => {
-                    self.provider.void(&reference).await?;
+                    self.provider.void(&reference, key).await?;
                     ("void", 0)
                 }
                 Operation::Refund(m) => {
-                    self.provider.refund(&reference, m).await?;
+                    self.provider.refund(&reference, key, m).await?;
                     ("refund", m.cents)
                 }
             };

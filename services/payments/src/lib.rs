@@ -4,7 +4,9 @@
 //! Data flows one way: [`api`] and [`grpc`] parse and validate, [`ledger`] runs each
 //! operation (idempotency, the provider call, the state machine of [`domain`]), [`store`]
 //! persists (SQLite by default, MariaDB in production). The card processor is behind
-//! [`provider::PaymentProvider`]; the built-in one is simulated. Card numbers are
+//! [`provider::PaymentProvider`]; the built-in one is simulated and keeps its own records
+//! ([`provider::SimulatedProvider`]). [`reconcile`] resolves authorizations a crash left
+//! pending, by asking the provider under the payment's id. Card numbers are
 //! checked (Luhn, expiry), passed to the provider, and never stored or logged: only the
 //! last four digits are kept.
 
@@ -15,12 +17,14 @@ pub mod events;
 pub mod grpc;
 pub mod ledger;
 pub mod provider;
+pub mod reconcile;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kit::config::ConfigError;
 use kit::service::{Context, Service, StartError};
 use serde::Deserialize;
 
@@ -42,6 +46,21 @@ pub struct PaymentsConfig {
     /// (`FLOTILLA_PAYMENTS__PROVIDER_LATENCY`, e.g. `50ms`).
     #[serde(with = "kit::config::duration")]
     pub provider_latency: Duration,
+    /// Where the simulated provider keeps its own records of authorizations
+    /// (`FLOTILLA_PAYMENTS__PROVIDER_STORE`): `sqlite://…` (default
+    /// `<data dir>/payments/provider.db`) or `mysql://…`, a database of its own, never
+    /// the ledger's. Instances sharing a ledger must share it.
+    pub provider_store: Option<String>,
+    /// How often pending authorizations are reconciled
+    /// (`FLOTILLA_PAYMENTS__RECONCILE_INTERVAL`, default `5s`).
+    #[serde(with = "kit::config::duration")]
+    pub reconcile_interval: Duration,
+    /// How old a pending authorization must be before it is resolved by asking the
+    /// provider, by the sweeper or by a retried `Authorize`
+    /// (`FLOTILLA_PAYMENTS__RECONCILE_STALE_AFTER`, default `10s`: above any provider
+    /// call, below the saga's step deadline).
+    #[serde(with = "kit::config::duration")]
+    pub reconcile_stale_after: Duration,
 }
 
 impl Default for PaymentsConfig {
@@ -52,6 +71,9 @@ impl Default for PaymentsConfig {
             grpc_listen: ([127, 0, 0, 1], 0).into(),
             store: None,
             provider_latency: Duration::ZERO,
+            provider_store: None,
+            reconcile_interval: reconcile::DEFAULT_INTERVAL,
+            reconcile_stale_after: reconcile::DEFAULT_STALE_AFTER,
         }
     }
 }
@@ -61,24 +83,48 @@ pub async fn run(ctx: Context) -> Result<(), StartError> {
     build(ctx).await?.run_until_stopped().await
 }
 
-/// Opens the ledger and binds the public, admin and gRPC listeners.
+/// Opens the ledger and the simulated provider's records, starts the reconciliation
+/// sweeper and the outbox relay, and binds the public, admin and gRPC listeners.
 pub async fn build(ctx: Context) -> Result<Service, StartError> {
     let cfg: PaymentsConfig = ctx.config.section("payments")?;
-    let url = cfg.store.clone().unwrap_or_else(|| {
+    for (value, key) in [
+        (cfg.reconcile_interval, "reconcile_interval"),
+        (cfg.reconcile_stale_after, "reconcile_stale_after"),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::Setting {
+                setting: ctx.setting(key),
+                message: "must be longer than zero (e.g. \"5s\")".into(),
+            }
+            .into());
+        }
+    }
+    let in_data_dir = |file: &str| {
         format!(
             "sqlite://{}",
-            ctx.common
-                .data_dir
-                .join("payments")
-                .join("payments.db")
-                .display()
+            ctx.common.data_dir.join("payments").join(file).display()
         )
-    });
+    };
+    let url = cfg
+        .store
+        .clone()
+        .unwrap_or_else(|| in_data_dir("payments.db"));
     let ledger = store::open(&url, &ctx.setting("store")).await?;
-    let provider = Arc::new(provider::SimulatedProvider {
-        latency: cfg.provider_latency,
-    });
-    let payments = ledger::Payments::new(ledger.clone(), provider);
+    let provider_url = cfg
+        .provider_store
+        .clone()
+        .unwrap_or_else(|| in_data_dir("provider.db"));
+    let provider = Arc::new(
+        provider::SimulatedProvider::open(
+            &provider_url,
+            &ctx.setting("provider_store"),
+            cfg.provider_latency,
+        )
+        .await?,
+    );
+    let payments =
+        ledger::Payments::new(ledger.clone(), provider).with_stale_after(cfg.reconcile_stale_after);
+    tokio::spawn(reconcile::Reconciler::new(payments.clone()).run(cfg.reconcile_interval));
     let admin = admin::router(ledger.clone());
     let (outbox, wake) = ledger.outbox();
     let bus = kit_events::for_producer(&kit_events::url_from_config(&ctx.config), "FLOTILLA_BUS")

@@ -1,11 +1,19 @@
 //! The payment provider behind a trait, so a real one (a card processor's API) can
 //! replace the simulated one without touching the rest.
+//!
+//! Every call carries an idempotency key, as card processors' APIs take one: an
+//! authorization's key is the payment's id, so asking twice (a retry, a reconciliation
+//! after a crash) never places two holds, and [`PaymentProvider::lookup`] finds out what
+//! became of an attempt whose answer was lost. Capture, void and refund carry the
+//! caller's key of that operation, scoped by the hold's reference.
 
-use std::time::Duration;
+pub mod simulated;
 
 use kit::discovery::BoxFuture;
 
 use crate::domain::{Card, Money};
+
+pub use simulated::{SimulatedAttempt, SimulatedProvider};
 
 /// What the provider said to an authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +24,16 @@ pub enum Authorization {
     Declined(String),
 }
 
+/// What the provider knows of an authorization attempt, looked up by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The attempt reached the provider, which answered this (and answers it again to
+    /// a repeated authorization with the same key).
+    Answered(Authorization),
+    /// The provider has no attempt with this key: it never reached the provider.
+    Unknown,
+}
+
 /// The provider failed in a way worth retrying (timeouts, its own outage).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("payment provider unavailable: {0}")]
@@ -23,20 +41,33 @@ pub struct ProviderUnavailable(pub String);
 
 /// A card processor.
 pub trait PaymentProvider: Send + Sync + 'static {
-    /// Holds `amount` on `card`.
+    /// Holds `amount` on `card`, once per `key` (the payment's id): a repeated call with
+    /// the same key returns the first answer and places no second hold.
     fn authorize<'a>(
         &'a self,
+        key: &'a str,
         card: &'a Card,
         amount: &'a Money,
     ) -> BoxFuture<'a, Result<Authorization, ProviderUnavailable>>;
-    /// Takes held funds.
-    fn capture<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(), ProviderUnavailable>>;
-    /// Cancels a hold.
-    fn void<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(), ProviderUnavailable>>;
-    /// Gives back captured money.
+    /// What became of the authorization attempt with `key`.
+    fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, ProviderUnavailable>>;
+    /// Takes the funds held under `reference`; repeating it is a no-op.
+    fn capture<'a>(
+        &'a self,
+        reference: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderUnavailable>>;
+    /// Cancels the hold `reference`; repeating it is a no-op.
+    fn void<'a>(
+        &'a self,
+        reference: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderUnavailable>>;
+    /// Gives back captured money, once per `(reference, key)`.
     fn refund<'a>(
         &'a self,
         reference: &'a str,
+        key: &'a str,
         amount: &'a Money,
     ) -> BoxFuture<'a, Result<(), ProviderUnavailable>>;
 }
@@ -51,70 +82,4 @@ pub mod test_cards {
     pub const INSUFFICIENT_FUNDS: &str = "4000000000009995";
     /// Fails with a retryable provider error.
     pub const PROVIDER_ERROR: &str = "4000000000000119";
-}
-
-/// A provider simulated in-process: the test cards behave as API.md says, any other
-/// valid card approves; every call takes `latency`.
-#[derive(Debug, Clone, Default)]
-pub struct SimulatedProvider {
-    /// Time each call takes.
-    pub latency: Duration,
-}
-
-impl SimulatedProvider {
-    async fn delay(&self) {
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
-    }
-}
-
-impl PaymentProvider for SimulatedProvider {
-    fn authorize<'a>(
-        &'a self,
-        card: &'a Card,
-        _amount: &'a Money,
-    ) -> BoxFuture<'a, Result<Authorization, ProviderUnavailable>> {
-        Box::pin(async move {
-            self.delay().await;
-            match card.number() {
-                test_cards::DECLINE => Ok(Authorization::Declined("card_declined".into())),
-                test_cards::INSUFFICIENT_FUNDS => {
-                    Ok(Authorization::Declined("insufficient_funds".into()))
-                }
-                test_cards::PROVIDER_ERROR => {
-                    Err(ProviderUnavailable("simulated provider error".into()))
-                }
-                _ => Ok(Authorization::Approved(format!(
-                    "sim_{}",
-                    uuid::Uuid::now_v7().simple()
-                ))),
-            }
-        })
-    }
-
-    fn capture<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), ProviderUnavailable>> {
-        Box::pin(async move {
-            self.delay().await;
-            Ok(())
-        })
-    }
-
-    fn void<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), ProviderUnavailable>> {
-        Box::pin(async move {
-            self.delay().await;
-            Ok(())
-        })
-    }
-
-    fn refund<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a Money,
-    ) -> BoxFuture<'a, Result<(), ProviderUnavailable>> {
-        Box::pin(async move {
-            self.delay().await;
-            Ok(())
-        })
-    }
 }

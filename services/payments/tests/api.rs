@@ -18,12 +18,16 @@ struct TestApp {
 }
 
 async fn spawn_payments() -> TestApp {
+    spawn_in(tempfile::tempdir().unwrap(), json!({})).await
+}
+
+/// Payments with its data in `dir` and `section` as its `[payments]` settings.
+async fn spawn_in(dir: tempfile::TempDir, section: Value) -> TestApp {
     kit::telemetry::init_for_tests();
-    let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path())
         .insecure_internal()
         .merged("discovery", "static://")
-        .merged("payments", json!({}));
+        .merged("payments", section);
     let ctx = Context::new("payments", config).unwrap();
     let service = payments::build(ctx).await.unwrap();
     let base = format!("http://{}", service.public_addr());
@@ -41,6 +45,18 @@ async fn spawn_payments() -> TestApp {
 }
 
 impl TestApp {
+    /// `GET /admin/payments{query}`.
+    async fn admin_payments(&self, query: &str) -> Vec<Value> {
+        self.http
+            .get(format!("{}/admin/payments{query}", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn client(&self) -> PaymentsClient<tonic::transport::Channel> {
         PaymentsClient::connect(self.grpc.clone()).await.unwrap()
     }
@@ -264,20 +280,7 @@ async fn the_admin_api_lists_payments_with_their_captures_page_by_page() {
         .await
         .unwrap();
 
-    let list = |query: String| {
-        let url = format!("{}/admin/payments{query}", app.admin);
-        let http = app.http.clone();
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Vec<Value>>()
-                .await
-                .unwrap()
-        }
-    };
-    let all = list(String::new()).await;
+    let all = app.admin_payments("").await;
     assert_eq!(all.len(), 2, "{all:?}");
     let a = all.iter().find(|p| p["order_id"] == "o-a").unwrap();
     assert_eq!(
@@ -291,8 +294,89 @@ async fn the_admin_api_lists_payments_with_their_captures_page_by_page() {
         (&json!("declined"), &json!(0))
     );
 
-    let first = list("?limit=1".into()).await;
-    let rest = list(format!("?after={}", first[0]["id"].as_str().unwrap())).await;
+    let first = app.admin_payments("?limit=1").await;
+    let rest = app
+        .admin_payments(&format!("?after={}", first[0]["id"].as_str().unwrap()))
+        .await;
     assert_eq!(first.len() + rest.len(), 2);
     assert_ne!(first[0]["id"], rest[0]["id"]);
+}
+
+#[tokio::test]
+async fn a_zero_reconcile_interval_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["reconcile_interval", "reconcile_stale_after"] {
+        let config = Config::for_tests(dir.path())
+            .insecure_internal()
+            .merged("discovery", "static://")
+            .merged("payments", json!({ key: "0s" }));
+        let err = payments::build(Context::new("payments", config).unwrap())
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), 64, "{err}");
+        let setting = format!("FLOTILLA_PAYMENTS__{}", key.to_uppercase());
+        assert!(err.to_string().contains(&setting), "{err}");
+    }
+}
+
+/// A claim a killed process left pending, with its hold at the provider, in the stores
+/// of the data directory: the service's own sweeper records the hold without any call.
+#[tokio::test]
+async fn the_running_service_reconciles_what_a_crash_left_pending() {
+    use payments::domain::{Card as DomainCard, Money};
+    use payments::ledger::AuthorizeInput;
+    use payments::provider::{PaymentProvider, SimulatedProvider};
+
+    let dir = tempfile::tempdir().unwrap();
+    let at = |file: &str| format!("sqlite://{}/payments/{file}", dir.path().display());
+    let id = {
+        let ledger = payments::store::open(&at("payments.db"), "FLOTILLA_PAYMENTS__STORE")
+            .await
+            .unwrap();
+        let sim = SimulatedProvider::open(&at("provider.db"), "X", Default::default())
+            .await
+            .unwrap();
+        let card = DomainCard::parse("4242424242424242", 12, 2099, "123", (2026, 1)).unwrap();
+        let input = AuthorizeInput {
+            order_id: "crashed".into(),
+            user_id: "alice".into(),
+            amount: Money::parse(2500, "EUR").unwrap(),
+            card,
+            idempotency_key: "k-crashed".into(),
+        };
+        let claim = input.claim();
+        let id = claim.id.clone();
+        ledger
+            .begin(claim, input.idempotency_key.clone())
+            .await
+            .unwrap();
+        sim.authorize(&id, &input.card, &input.amount)
+            .await
+            .unwrap();
+        id
+    };
+    let app = spawn_in(
+        dir,
+        json!({"reconcile_interval": "50ms", "reconcile_stale_after": "1ms"}),
+    )
+    .await;
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = app.admin_payments("").await[0]["status"].clone();
+        if status == "authorized" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "authorized");
+    // The saga's retry gets that payment.
+    let mut c = app.client().await;
+    let mut retry = authorize("crashed", "4242424242424242", 2500, "EUR");
+    retry.idempotency_key = "k-crashed".into();
+    let p = c.authorize(retry).await.unwrap().into_inner();
+    assert_eq!(
+        (p.payment_id.as_str(), p.status),
+        (id.as_str(), PaymentStatus::Authorized as i32)
+    );
 }

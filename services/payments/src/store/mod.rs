@@ -34,6 +34,17 @@ pub enum Begin {
     Existing(Box<Payment>),
 }
 
+/// The outcome of recording a pending authorization's answer (compare-and-set: only a
+/// `pending` payment changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    /// This call recorded the answer (and wrote its event); the payment as it is now.
+    Recorded(Box<Payment>),
+    /// The payment was no longer pending: another caller resolved it first (the payment
+    /// as that caller left it), or released the claim (`None`).
+    Lost(Option<Box<Payment>>),
+}
+
 /// The outcome of applying an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -85,17 +96,26 @@ pub struct PaymentLine {
 pub trait Ledger: Send + Sync + 'static {
     /// Records `pending` (status [`Status::Pending`]) unless its order has a payment.
     fn begin(&self, pending: Payment, key: String) -> BoxFuture<'_, Result<Begin, LedgerError>>;
-    /// Sets the outcome of a pending authorization.
+    /// Sets the outcome of a pending authorization, if it is still pending (see
+    /// [`Completed`]), with its event in the same transaction.
     fn complete(
         &self,
         id: String,
         status: Status,
         provider_ref: Option<String>,
         decline_reason: Option<String>,
-    ) -> BoxFuture<'_, Result<Payment, LedgerError>>;
-    /// Forgets a pending authorization (the provider failed retryably), so a retry
-    /// starts afresh.
-    fn abandon(&self, id: String) -> BoxFuture<'_, Result<(), LedgerError>>;
+    ) -> BoxFuture<'_, Result<Completed, LedgerError>>;
+    /// Forgets a pending authorization (the provider never processed it), so a retry
+    /// starts afresh; whether this call removed it (only a `pending` payment goes).
+    fn abandon(&self, id: String) -> BoxFuture<'_, Result<bool, LedgerError>>;
+    /// Up to `limit` pending payments created at or before `before` (RFC 3339 UTC, as
+    /// [`crate::domain::now_rfc3339`] writes it), oldest first: claims whose
+    /// authorization may have been cut short.
+    fn stale_pending(
+        &self,
+        before: String,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Payment>, LedgerError>>;
     /// One payment.
     fn get(&self, id: String) -> BoxFuture<'_, Result<Option<Payment>, LedgerError>>;
     /// Whether `key` was used on the payment before.

@@ -9,7 +9,7 @@ use kit_events::outbox::OutboxStore;
 use sqlx::FromRow;
 use tokio::sync::Notify;
 
-use super::{Applied, Begin, Change, Ledger, LedgerError, PaymentLine};
+use super::{Applied, Begin, Change, Completed, Ledger, LedgerError, PaymentLine};
 use crate::domain::{Payment, Status, now_rfc3339};
 
 static SQLITE_MIGRATIONS: &[Migration] = &[
@@ -23,6 +23,11 @@ static SQLITE_MIGRATIONS: &[Migration] = &[
         description: "outbox and inbox",
         sql: kit_events::outbox::SQLITE_SCHEMA,
     },
+    Migration {
+        version: 3,
+        description: "pending claims index",
+        sql: include_str!("../../migrations/sqlite/0003_pending_claims.sql"),
+    },
 ];
 
 static MYSQL_MIGRATIONS: &[Migration] = &[
@@ -35,6 +40,11 @@ static MYSQL_MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "outbox and inbox",
         sql: kit_events::outbox::MYSQL_SCHEMA,
+    },
+    Migration {
+        version: 3,
+        description: "pending claims index",
+        sql: include_str!("../../migrations/mysql/0003_pending_claims.sql"),
     },
 ];
 
@@ -185,7 +195,7 @@ macro_rules! ledger {
                 status: Status,
                 provider_ref: Option<String>,
                 decline_reason: Option<String>,
-            ) -> BoxFuture<'_, Result<Payment, LedgerError>> {
+            ) -> BoxFuture<'_, Result<Completed, LedgerError>> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let changed = sqlx::query(
@@ -200,22 +210,42 @@ macro_rules! ledger {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                    if changed == 1 {
-                        Self::publish_in(&mut tx, &id, crate::events::authorization).await?;
+                    if changed == 0 {
+                        drop(tx);
+                        return Ok(Completed::Lost(self.fetch("id", &id).await?.map(Box::new)));
                     }
+                    Self::publish_in(&mut tx, &id, crate::events::authorization).await?;
                     tx.commit().await?;
                     self.wake.notify_one();
-                    self.must(&id).await
+                    Ok(Completed::Recorded(Box::new(self.must(&id).await?)))
                 })
             }
 
-            fn abandon(&self, id: String) -> BoxFuture<'_, Result<(), LedgerError>> {
+            fn abandon(&self, id: String) -> BoxFuture<'_, Result<bool, LedgerError>> {
                 Box::pin(async move {
-                    sqlx::query("DELETE FROM payments WHERE id = ? AND status = 'pending'")
+                    let removed = sqlx::query("DELETE FROM payments WHERE id = ? AND status = 'pending'")
                         .bind(id)
                         .execute(&self.pool)
-                        .await?;
-                    Ok(())
+                        .await?
+                        .rows_affected();
+                    Ok(removed == 1)
+                })
+            }
+
+            fn stale_pending(
+                &self,
+                before: String,
+                limit: u32,
+            ) -> BoxFuture<'_, Result<Vec<Payment>, LedgerError>> {
+                Box::pin(async move {
+                    let rows: Vec<Row> = sqlx::query_as(&format!(
+                        "{SELECT} WHERE status = 'pending' AND created_at <= ? ORDER BY created_at, id LIMIT ?"
+                    ))
+                    .bind(before)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.into_iter().map(Payment::try_from).collect()
                 })
             }
 

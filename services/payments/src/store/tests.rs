@@ -24,10 +24,23 @@ fn eur(cents: i64) -> Operation {
     Operation::Refund(Money::parse(cents, "EUR").unwrap())
 }
 
+/// The simulated provider's records in a SQLite file of their own.
+async fn provider_in(dir: &std::path::Path) -> SimulatedProvider {
+    let url = format!("sqlite://{}/provider.db", dir.display());
+    SimulatedProvider::open(
+        &url,
+        "FLOTILLA_PAYMENTS__PROVIDER_STORE",
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Every rule of the ledger, through the operations the gRPC API runs.
 async fn conformance(ledger: Arc<dyn Ledger>) {
     ledger.ping().await.unwrap();
-    let pay = Payments::new(ledger.clone(), Arc::new(SimulatedProvider::default()));
+    let dir = tempfile::tempdir().unwrap();
+    let pay = Payments::new(ledger.clone(), Arc::new(provider_in(dir.path()).await));
 
     // Authorize once per order.
     let a = pay

@@ -31,7 +31,9 @@ struct App {
 async fn start(settings: Value) -> App {
     kit::telemetry::init_for_tests();
     let dir = tempfile::tempdir().unwrap();
-    let mut section = json!({"listen": "127.0.0.1:0"});
+    // The batches are stamped in 2023 (and the specification's example in 2018): keep
+    // them from retention by age, which would delete them at its first pass.
+    let mut section = json!({"listen": "127.0.0.1:0", "retention_age": "36500d"});
     section
         .as_object_mut()
         .unwrap()

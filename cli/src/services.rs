@@ -3,11 +3,13 @@
 use std::process::ExitCode;
 
 /// Every service, registry first (others register with it), then the event bus (others
-/// publish to it), users before auth (auth creates profiles in it), the event consumers
+/// publish to it), then the dashboard (every other service exports its traces and logs
+/// to it from its start), users before auth (auth creates profiles in it), the event consumers
 /// (notifications, analytics) after the producers, gateway last.
 pub const NAMES: &[&str] = &[
     "registry",
     "bus",
+    "dashboard",
     "users",
     "auth",
     "inventory",
@@ -23,6 +25,7 @@ pub fn run(name: &str) -> ExitCode {
     match name {
         "registry" => kit::service::main("registry", registry::run),
         "bus" => kit::service::main("bus", bus::run),
+        "dashboard" => kit::service::main("dashboard", dashboard::run),
         "users" => kit::service::main("users", users::run),
         "auth" => kit::service::main("auth", auth::run),
         "inventory" => kit::service::main("inventory", inventory::run),

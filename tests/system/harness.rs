@@ -95,7 +95,7 @@ impl System {
             .iter()
             .any(|&(k, v)| k == "FLOTILLA_INSECURE_INTERNAL" && v == "1");
         let data = tempfile::tempdir().unwrap();
-        let (gw, reg, bus) = (free_port(), free_port(), free_port());
+        let (gw, reg, bus, dash) = (free_port(), free_port(), free_port(), free_port());
         let discovery = env
             .iter()
             .find(|&&(k, _)| k == "FLOTILLA_DISCOVERY")
@@ -110,6 +110,8 @@ impl System {
             .env("FLOTILLA_GATEWAY__LISTEN", format!("127.0.0.1:{gw}"))
             .env("FLOTILLA_BUS__LISTEN", format!("127.0.0.1:{bus}"))
             .env("FLOTILLA_REGISTRY__LISTEN", format!("127.0.0.1:{reg}"))
+            // Tests run several systems at once: none on the dashboard's fixed port.
+            .env("FLOTILLA_DASHBOARD__LISTEN", format!("127.0.0.1:{dash}"))
             .env("FLOTILLA_LEASE_TTL", "1s")
             .env_remove("FLOTILLA_DISCOVERY")
             .envs(env.iter().copied())

@@ -23,7 +23,7 @@ use super::{Event, Printer, Spec, View};
 use crate::services::NAMES;
 
 /// Services that listen on a fixed address, so one machine runs one instance of each.
-pub const SINGLETONS: &[&str] = &["registry", "bus", "gateway"];
+pub const SINGLETONS: &[&str] = &["registry", "bus", "dashboard", "gateway"];
 
 /// Most instances of one service `up` runs.
 pub const MAX_REPLICAS: usize = 16;
@@ -732,37 +732,14 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Reads the Prometheus text format.
+    /// Reads the Prometheus text format (the dashboard's reading of the kit's metrics).
     pub fn parse(text: &str) -> Self {
-        let mut c = Self::default();
-        let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-        for line in text.lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            if series.starts_with("http_requests_total{") {
-                c.total += value;
-                if series.contains("status=\"5xx\"") {
-                    c.errors += value;
-                }
-            } else if series.starts_with("http_request_duration_seconds_bucket{")
-                && let Some(le) = label(series, "le")
-            {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::INFINITY)
-                };
-                let slot = buckets.entry(le.to_bits()).or_insert((le, 0.0));
-                slot.1 += value;
-            }
+        let sample = dashboard::scrape::Sample::from_metrics(text);
+        Self {
+            total: sample.requests,
+            errors: sample.errors,
+            buckets: sample.buckets,
         }
-        c.buckets = buckets.into_values().collect();
-        c.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        c
     }
 
     /// `self - before`, per series, never below zero (a restarted instance starts over).

@@ -54,6 +54,11 @@ pub struct Plan {
     /// The bus every service uses.
     bus_url: String,
     gateway: SocketAddr,
+    /// The dashboard's listener (its UI, and the OTLP receiver).
+    dashboard: SocketAddr,
+    /// `FLOTILLA_OTLP_ENDPOINT` for the services: the dashboard, unless the user chose
+    /// an endpoint (an empty one disables export).
+    otlp_endpoint: String,
     /// What every instance runs unless a scale or rollout says otherwise.
     spec: Spec,
     /// Instances per service at start (1 unless `--replicas` says otherwise).
@@ -147,10 +152,18 @@ fn plan(data_dir: PathBuf, replicas: Vec<(String, usize)>) -> anyhow::Result<Pla
         preflight::servers_reachable(&config)?;
     }
     let gateway: gateway::GatewayConfig = config.section("gateway")?;
+    let dashboard = dashboard::section(&config)?.listen;
+    // Every service exports to the dashboard unless the user named an endpoint (set,
+    // even empty, in the environment or the configuration file).
+    let otlp_endpoint = common
+        .otlp_endpoint
+        .clone()
+        .unwrap_or_else(|| dashboard_url(dashboard));
     let listeners = [
         registry.map(|a| (a, "FLOTILLA_REGISTRY__LISTEN")),
         bus.map(|a| (a, "FLOTILLA_BUS__LISTEN")),
         Some((gateway.listen, "FLOTILLA_GATEWAY__LISTEN")),
+        Some((dashboard, "FLOTILLA_DASHBOARD__LISTEN")),
     ];
     for (addr, setting) in listeners.into_iter().flatten() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
@@ -171,12 +184,19 @@ fn plan(data_dir: PathBuf, replicas: Vec<(String, usize)>) -> anyhow::Result<Pla
         bus,
         bus_url,
         gateway: gateway.listen,
+        dashboard,
+        otlp_endpoint,
         spec: Spec {
             binary,
             version: common.version,
         },
         replicas: replicas.into_iter().collect(),
     })
+}
+
+/// The dashboard's URL: its UI, and the endpoint services export OTLP to.
+fn dashboard_url(listen: SocketAddr) -> String {
+    format!("http://{}", kit::service::advertised(listen))
 }
 
 /// Issues every service (and the operator) a certificate from the development CA under
@@ -340,9 +360,10 @@ impl Supervisor {
         );
         let control = bound.serve(fleet);
         self.out.line(&format!(
-            "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  discovery {}\n  bus       {}\n  logs      {}\nPress Ctrl-C to stop.\n",
+            "\nFlotilla is up in {:.2}s\n  gateway   http://{}\n  dashboard {}\n  discovery {}\n  bus       {}\n  logs      {}\nPress Ctrl-C to stop.\n",
             begun.elapsed().as_secs_f64(),
             self.plan.gateway,
+            dashboard_url(self.plan.dashboard),
             match self.plan.registry {
                 Some(addr) => format!("{}://{addr}", kit::security::mtls::scheme()),
                 None => kit::store::redact(&self.plan.discovery),
@@ -477,6 +498,10 @@ impl Supervisor {
             // pushes it at once) before the listener stops taking connections.
             cmd.env("FLOTILLA_DRAIN_DELAY", "300ms");
         }
+        let endpoint = self.plan.otlp_endpoint.as_str();
+        // The dashboard does not export its own spans to itself.
+        let own = name == "dashboard" && dashboard::is_own_endpoint(endpoint, self.plan.dashboard);
+        cmd.env("FLOTILLA_OTLP_ENDPOINT", if own { "" } else { endpoint });
         if name == "inventory" && std::env::var_os("FLOTILLA_INVENTORY__SEED").is_none() {
             cmd.env("FLOTILLA_INVENTORY__SEED", "true");
         }

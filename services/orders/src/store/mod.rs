@@ -30,6 +30,11 @@ static SQLITE_MIGRATIONS: &[Migration] = &[
         description: "outbox and inbox",
         sql: kit_events::outbox::SQLITE_SCHEMA,
     },
+    Migration {
+        version: 3,
+        description: "sagas by update time",
+        sql: SAGAS_BY_UPDATED,
+    },
 ];
 
 static POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -43,7 +48,15 @@ static POSTGRES_MIGRATIONS: &[Migration] = &[
         description: "outbox and inbox",
         sql: kit_events::outbox::POSTGRES_SCHEMA,
     },
+    Migration {
+        version: 3,
+        description: "sagas by update time",
+        sql: SAGAS_BY_UPDATED,
+    },
 ];
+
+/// The most recently updated sagas (the operators' listing, `GET /admin/sagas`).
+const SAGAS_BY_UPDATED: &str = "CREATE INDEX sagas_by_updated ON sagas (updated_ms)";
 
 /// The service's name as event source.
 pub const SOURCE: &str = "orders";
@@ -211,6 +224,10 @@ const UPDATE_SAGA: &str = "UPDATE sagas SET status = ?, version = ?, state = jso
 const SELECT_SAGA: &str = "SELECT CAST(state AS TEXT) FROM sagas WHERE id = ?";
 const SELECT_IN_FLIGHT: &str =
     "SELECT id FROM sagas WHERE status IN ('running', 'compensating') ORDER BY id";
+const SELECT_RECENT_IN_FLIGHT: &str = "SELECT CAST(state AS TEXT) FROM sagas \
+     WHERE status IN ('running', 'compensating') ORDER BY updated_ms DESC, id DESC LIMIT ?";
+const SELECT_RECENT_ENDED: &str = "SELECT CAST(state AS TEXT) FROM sagas \
+     WHERE status NOT IN ('running', 'compensating') ORDER BY updated_ms DESC, id DESC LIMIT ?";
 
 impl OrderStore {
     /// Opens (and migrates) the database at `url`: `sqlite://…` or `postgres://…`.
@@ -371,6 +388,29 @@ impl OrderStore {
                 .map_err(err)?
         });
         rows.iter().map(|(doc, state)| decode(doc, state)).collect()
+    }
+
+    /// Up to `limit` sagas for operators: those in flight first, then those that ended,
+    /// each most recently updated first.
+    pub async fn recent_sagas(&self, limit: u32) -> Result<Vec<SagaState>, StoreError> {
+        let mut rows: Vec<(String,)> = Vec::new();
+        for sql in [SELECT_RECENT_IN_FLIGHT, SELECT_RECENT_ENDED] {
+            let left = i64::from(limit) - rows.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            let more: Vec<(String,)> = on_db!(&self.db, |pool, q| {
+                sqlx::query_as(&q(sql))
+                    .bind(left)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(err)?
+            });
+            rows.extend(more);
+        }
+        rows.iter()
+            .map(|(s,)| serde_json::from_str(s).map_err(err))
+            .collect()
     }
 
     /// Deletes idempotency records older than `age`.

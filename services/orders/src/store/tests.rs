@@ -168,6 +168,31 @@ async fn suite(store: OrderStore) {
         ["orders.confirmed", "orders.cancelled"]
     );
 
+    // Operators see the in-flight sagas first, then the ended ones, newest first.
+    let recent: Vec<(String, SagaStatus)> = store
+        .recent_sagas(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.id, s.status))
+        .collect();
+    assert_eq!(recent.len(), 4, "{recent:?}");
+    assert!(
+        recent[..2]
+            .iter()
+            .all(|(_, s)| matches!(s, SagaStatus::Running)),
+        "{recent:?}"
+    );
+    assert_eq!(
+        recent[2..].to_vec(),
+        vec![
+            (b.id.clone(), SagaStatus::Compensated),
+            (a.id.clone(), SagaStatus::Completed)
+        ],
+        "ended: the latest update first"
+    );
+    assert_eq!(store.recent_sagas(1).await.unwrap().len(), 1);
+
     // Old answers are purged; fresh ones kept.
     assert_eq!(
         store

@@ -10,10 +10,12 @@ mod bus;
 mod chaos;
 mod r#gen;
 mod load;
+mod logs;
 mod profile;
 mod scale;
 mod services;
 mod status;
+mod trace;
 mod traffic;
 mod up;
 mod verify;
@@ -74,6 +76,11 @@ enum Command {
     Verify(verify::Verify),
     /// Inspect the event bus: subjects, groups and lag, events, dead letters; replay.
     Bus(bus::Bus),
+    /// Print one trace from the dashboard as a waterfall: spans by parent, with their
+    /// service, duration, status and a bar on the trace's time axis.
+    Trace(trace::TraceArgs),
+    /// Read the fleet's aggregated logs from the dashboard; `--follow` keeps printing.
+    Logs(logs::LogsArgs),
     /// Operate auth: rotate its signing key.
     #[command(subcommand)]
     Auth(auth::Auth),
@@ -126,6 +133,8 @@ fn main() -> ExitCode {
         Command::Status => status::status(),
         Command::Chaos(cmd) => chaos::chaos(cmd),
         Command::Bus(cmd) => bus::bus(cmd),
+        Command::Trace(args) => trace::trace(args),
+        Command::Logs(args) => logs::logs(args),
         Command::Load(args) => load::load(args),
         Command::Verify(args) => verify::verify(args),
         Command::Auth(cmd) => auth::auth(cmd),

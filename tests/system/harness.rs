@@ -59,6 +59,8 @@ pub struct System {
     up: Option<Child>,
     pub gateway: String,
     pub registry: String,
+    /// The dashboard's public listener (`http://127.0.0.1:port`).
+    pub dashboard: String,
     /// Where the services register (`FLOTILLA_DISCOVERY`): the embedded registry, or
     /// what the test gave (`etcd://…`).
     pub discovery: String,
@@ -78,7 +80,8 @@ impl System {
     /// Environment for every `flotilla` command aimed at this system.
     pub fn env(&self, cmd: &mut Command) {
         cmd.env("FLOTILLA_DISCOVERY", &self.discovery)
-            .env("FLOTILLA_DATA_DIR", self.data.path());
+            .env("FLOTILLA_DATA_DIR", self.data.path())
+            .env("FLOTILLA_DASHBOARD", &self.dashboard);
     }
 
     /// Starts `flotilla up` and waits until the gateway serves products.
@@ -123,6 +126,7 @@ impl System {
         let mut sys = Self {
             up: Some(up),
             gateway: format!("http://127.0.0.1:{gw}"),
+            dashboard: format!("http://127.0.0.1:{dash}"),
             registry: format!(
                 "{}://127.0.0.1:{reg}",
                 if insecure { "http" } else { "https" }
@@ -165,6 +169,25 @@ impl System {
         }
         sys.remember_pids().await;
         sys
+    }
+
+    /// Logs in through the gateway as the administrator `up` seeded; returns an access
+    /// token.
+    pub async fn admin_token(&self) -> String {
+        let creds: Value = serde_json::from_slice(
+            &std::fs::read(self.data.path().join("admin-credentials.json")).unwrap(),
+        )
+        .unwrap();
+        let res = self
+            .http
+            .post(format!("{}/api/auth/login", self.gateway))
+            .json(&serde_json::json!({"email": creds["email"], "password": creds["password"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "the seeded administrator logs in");
+        let body: Value = res.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
     }
 
     /// Every service's log, for failure messages.

@@ -2,6 +2,7 @@
 
 mod chaos;
 mod chaos_run;
+mod dashboard;
 mod dns;
 mod etcd;
 mod fleet;

@@ -10,12 +10,13 @@
 #
 # Environment: BENCH_DURATION (15s), BENCH_WARMUP (3s), BENCH_CONNECTIONS (64),
 # BENCH_THREADS (2), BENCH_ROUNDS (3), BENCH_PATH (/api/products/FLT-BOAT-001),
-# BENCH_NO_BUILD=1, BENCH_DOC (docs/benchmarks.md).
+# BENCH_NO_BUILD=1, BENCH_DOC (docs/benchmarks.md), BENCH_BIN (another `flotilla` binary,
+# e.g. a debug build for a smoke run with BENCH_DOC elsewhere; its numbers mean nothing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-BIN="$ROOT/target/release/flotilla"
+BIN=${BENCH_BIN:-$ROOT/target/release/flotilla}
 DOC=${BENCH_DOC:-docs/benchmarks.md}
 DURATION=${BENCH_DURATION:-15s}
 WARMUP=${BENCH_WARMUP:-3s}

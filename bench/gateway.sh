@@ -76,36 +76,6 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- helpers
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# HTTP status of GET http://127.0.0.1:$1$2 (000 when nothing answers), with header $3 if given.
-status_of() {
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 ${3:+-H "$3"} "http://127.0.0.1:$1$2" || true
-}
-
-# Waits (at most $3 seconds) until GET $2 on port $1 (with header $4, if any) answers 200.
-wait_200() {
-    local port=$1 path=$2 limit=${3:-30} header=${4:-} i
-    for ((i = 0; i < limit * 20; i++)); do
-        [[ $(status_of "$port" "$path" "$header") == 200 ]] && return 0
-        sleep 0.05
-    done
-    return 1
-}
-
-# CPU time (utime+stime, clock ticks) of the given pids, summed.
-cpu_ticks() {
-    local total=0 pid f
-    for pid in "$@"; do
-        if f=$(cat "/proc/$pid/stat" 2>/dev/null); then
-            f=${f##*) }          # fields after "(comm) "
-            read -r -a a <<<"$f"
-            total=$((total + a[11] + a[12]))   # fields 14 and 15 of stat
-        fi
-    done
-    echo "$total"
-}
-
-
-
 # ---------------------------------------------------------------- 1. build and tools
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     log "building: cargo build --release -p flotilla"

@@ -259,15 +259,23 @@ async fn check(res: reqwest::Response) -> Result<reqwest::Response, BusError> {
 }
 
 impl EventBus for EmbeddedBus {
+    fn system(&self) -> &'static str {
+        "flotilla.bus"
+    }
+
     fn publish<'a>(
         &'a self,
         subject: &'a str,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<Published, BusError>> {
         Box::pin(async move {
+            // The bus's server span joins the publisher's trace.
+            let mut headers = http::HeaderMap::new();
+            kit::telemetry::trace::inject_current(&mut headers);
             let res = self
                 .http
                 .post(format!("{}/v1/subjects/{subject}/events", self.base))
+                .headers(headers)
                 .json(event)
                 .timeout(Duration::from_secs(10))
                 .send()

@@ -2,7 +2,6 @@
 //! extension that carries the producer's trace to its consumers.
 
 use serde::{Deserialize, Serialize};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// One event: a CloudEvents 1.0 structured-mode JSON document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,40 +42,56 @@ impl Event {
         }
     }
 
-    /// A consumer span for handling this event, a child of the producer's trace.
+    /// A consumer span for handling this event, a child of the producer's trace
+    /// (`otel.kind = consumer`, `messaging.destination.name`, `messaging.message.id`).
+    /// Every handler of a delivery runs inside one, so its work, its database calls and
+    /// the events it writes join the trace of the request that caused the event.
     pub fn consumer_span(&self, subject: &str) -> tracing::Span {
         let span = tracing::info_span!(
             "event.consume",
-            otel.name = %format!("consume {subject}"),
+            otel.name = %format_args!("process {subject}"),
             otel.kind = "consumer",
-            messaging.destination = %subject,
+            otel.status_code = tracing::field::Empty,
+            messaging.operation.type = "process",
+            messaging.destination.name = %subject,
             messaging.message.id = %self.id,
+            error.type = tracing::field::Empty,
         );
-        if let Some(tp) = &self.traceparent
-            && let Ok(v) = http::HeaderValue::from_str(tp)
-        {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(kit::telemetry::trace::TRACEPARENT, v);
-            let _ = span.set_parent(kit::telemetry::trace::extract(&headers));
-        }
+        kit::telemetry::trace::set_parent_from(&span, self.traceparent.as_deref());
+        span
+    }
+
+    /// A producer span for publishing this event on `subject` of a bus of `system`
+    /// (`otel.kind = producer`, `messaging.system`, `messaging.destination.name`,
+    /// `messaging.message.id`), in the trace the event carries: the outbox relay
+    /// publishes long after the request, yet the publish is part of its trace.
+    pub fn producer_span(&self, system: &str, subject: &str) -> tracing::Span {
+        let span = tracing::info_span!(
+            "event.publish",
+            otel.name = %format_args!("send {subject}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = system,
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            messaging.message.id = %self.id,
+            error.type = tracing::field::Empty,
+        );
+        kit::telemetry::trace::set_parent_from(&span, self.traceparent.as_deref());
         span
     }
 }
 
 /// The current span's `traceparent`, if it has a valid trace context.
 pub fn current_traceparent() -> Option<String> {
-    let mut headers = http::HeaderMap::new();
-    kit::telemetry::trace::inject_current(&mut headers);
-    headers
-        .get(kit::telemetry::trace::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    kit::telemetry::trace::traceparent(&tracing::Span::current())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     #[test]
     fn serializes_as_cloudevents_json() {
@@ -111,6 +126,11 @@ mod tests {
         let consumer = event.consumer_span("orders.created");
         assert_eq!(
             consumer.context().span().span_context().trace_id(),
+            producer_trace
+        );
+        let publish = event.producer_span("nats", "orders.created");
+        assert_eq!(
+            publish.context().span().span_context().trace_id(),
             producer_trace
         );
     }

@@ -53,6 +53,17 @@ pub enum BusError {
     Protocol(String),
 }
 
+impl BusError {
+    /// A short name of the failure's kind (`error.type` on spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Config { .. } => "config",
+            Self::Unavailable(_) => "unavailable",
+            Self::Protocol(_) => "protocol",
+        }
+    }
+}
+
 /// Where a new consumer group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -212,6 +223,11 @@ pub trait EventBus: Send + Sync + std::fmt::Debug {
 
     /// Creates `group` if missing and attaches one consumer to it.
     fn subscribe<'a>(&'a self, group: &'a Group) -> BoxFuture<'a, Result<Subscriber, BusError>>;
+
+    /// `messaging.system` of this backend, for producer spans.
+    fn system(&self) -> &'static str {
+        "flotilla.bus"
+    }
 }
 
 /// One consumer attached to a group. Dropping it without acknowledging its deliveries

@@ -227,6 +227,10 @@ impl NatsBus {
 }
 
 impl EventBus for NatsBus {
+    fn system(&self) -> &'static str {
+        "nats"
+    }
+
     fn publish<'a>(
         &'a self,
         subject: &'a str,

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kit::discovery::BoxFuture;
+use kit::telemetry::db::System;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::{Event, EventBus};
 
@@ -217,8 +219,13 @@ const POSTGRES: Dialect = Dialect {
 };
 
 /// One backend: `enqueue`, `record_handled` and the [`OutboxStore`] of its pool.
+///
+/// The calls made inside a request, a consumer or a publish (`enqueue`,
+/// `record_handled`, `inbox_page`, `mark_sent`, `mark_failed`) are database spans; the
+/// relay's polling (`due`, `unsent`, `purge_sent`) is not, so an idle relay sends no
+/// trace per tick.
 macro_rules! backend {
-    ($db:ty, $pool:ty, $dialect:expr) => {
+    ($db:ty, $pool:ty, $dialect:expr, $system:expr) => {
         /// Writes `event` for `subject` into the outbox, inside the caller's transaction.
         pub async fn enqueue<'c, E>(
             executor: E,
@@ -230,13 +237,16 @@ macro_rules! backend {
         {
             let payload =
                 serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            let span = kit::telemetry::db::span($system, "INSERT", "outbox");
             sqlx::query($dialect.enqueue)
                 .bind(&event.id)
                 .bind(subject)
                 .bind(payload)
                 .bind(now_ms())
                 .execute(executor)
-                .await?;
+                .instrument(span.clone())
+                .await
+                .inspect_err(|e| kit::telemetry::db::record_error(&span, e))?;
             Ok(())
         }
 
@@ -251,12 +261,15 @@ macro_rules! backend {
         where
             E: sqlx::Executor<'c, Database = $db>,
         {
+            let span = kit::telemetry::db::span($system, "INSERT", "inbox");
             let done = sqlx::query($dialect.handled)
                 .bind(consumer)
                 .bind(event_id)
                 .bind(now_ms())
                 .execute(executor)
-                .await?;
+                .instrument(span.clone())
+                .await
+                .inspect_err(|e| kit::telemetry::db::record_error(&span, e))?;
             Ok(done.rows_affected() == 1)
         }
 
@@ -278,6 +291,7 @@ macro_rules! backend {
                 .bind(after.unwrap_or(""))
                 .bind(i64::from(limit) + 1)
                 .fetch_all(executor)
+                .instrument(kit::telemetry::db::span($system, "SELECT", "inbox"))
                 .await?;
             Ok(InboxPage::from_rows(consumer, rows, limit))
         }
@@ -298,6 +312,7 @@ macro_rules! backend {
                         .bind(now_ms())
                         .bind(position)
                         .execute(self)
+                        .instrument(kit::telemetry::db::span($system, "UPDATE", "outbox"))
                         .await?;
                     Ok(())
                 })
@@ -317,6 +332,7 @@ macro_rules! backend {
                         .bind(error)
                         .bind(position)
                         .execute(self)
+                        .instrument(kit::telemetry::db::span($system, "UPDATE", "outbox"))
                         .await?;
                     Ok(())
                 })
@@ -342,18 +358,18 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlx::Sqlite, sqlx::SqlitePool, SQLITE);
+backend!(sqlx::Sqlite, sqlx::SqlitePool, SQLITE, System::Sqlite);
 
 /// The outbox and inbox in MariaDB / MySQL ([`MYSQL_SCHEMA`]).
 pub mod mysql {
     use super::*;
-    backend!(sqlx::MySql, sqlx::MySqlPool, MYSQL);
+    backend!(sqlx::MySql, sqlx::MySqlPool, MYSQL, System::Mysql);
 }
 
 /// The outbox and inbox in PostgreSQL ([`POSTGRES_SCHEMA`]).
 pub mod postgres {
     use super::*;
-    backend!(sqlx::Postgres, sqlx::PgPool, POSTGRES);
+    backend!(sqlx::Postgres, sqlx::PgPool, POSTGRES, System::Postgresql);
 }
 
 /// How the relay retries and paces itself.
@@ -478,12 +494,21 @@ impl Relay {
                 Ok(e) => e,
                 Err(source) => return Err(OutboxError::Payload { position, source }),
             };
-            match self.bus.publish(&subject, &event).await {
+            // The publish joins the trace of the request that wrote the event.
+            let span = event.producer_span(self.bus.system(), &subject);
+            match self
+                .bus
+                .publish(&subject, &event)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(_) => {
-                    self.store.mark_sent(position).await?;
+                    self.store.mark_sent(position).instrument(span).await?;
                     round.sent += 1;
                 }
                 Err(e) => {
+                    kit::telemetry::trace::record_failure(&span, e.kind());
+                    drop(span);
                     let attempts = u32::try_from(attempts + 1).unwrap_or(u32::MAX);
                     let delay = self.config.backoff(attempts);
                     tracing::warn!(subject, id = %event.id, attempts, retry_in = ?delay, error = %e, "outbox publish failed");

@@ -146,9 +146,13 @@ impl Engine {
     }
 
     /// A new saga's initial state, for the service to insert in the transaction that
-    /// creates what the saga is about; then call [`Engine::start`].
+    /// creates what the saga is about; then call [`Engine::start`]. It keeps the current
+    /// span's `traceparent`, so the saga's steps stay in the request's trace even when
+    /// another engine resumes it.
     pub fn new_state(&self, id: &str, data: serde_json::Value) -> SagaState {
-        SagaState::new(&self.inner.definition, id, data, (self.inner.clock)())
+        let mut state = SagaState::new(&self.inner.definition, id, data, (self.inner.clock)());
+        state.traceparent = kit::telemetry::trace::traceparent(&tracing::Span::current());
+        state
     }
 
     /// Drives the saga `id` in the background until it is terminal; does nothing if
@@ -160,13 +164,16 @@ impl Engine {
     /// back and watches: it takes the saga over only if no transition happens for
     /// [`EngineConfig::watch`] (the other engine died), or at once when woken here
     /// (a cancel). Two engines never keep undoing each other's progress.
+    ///
+    /// The saga's span is a child of the current span (the request that started it).
     pub fn start(&self, id: &str) {
-        self.spawn(id, false);
+        self.spawn(id, false, None);
     }
 
     /// Starts driving `id`; with `stand_back_first`, only after the saga has been quiet
-    /// for [`EngineConfig::watch`] (another engine may be driving it).
-    fn spawn(&self, id: &str, stand_back_first: bool) {
+    /// for [`EngineConfig::watch`] (another engine may be driving it). With a stored
+    /// `traceparent`, the saga's span continues that trace instead of the current one.
+    fn spawn(&self, id: &str, stand_back_first: bool, traceparent: Option<&str>) {
         let notify = {
             let mut active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
             if active.contains_key(id) {
@@ -176,8 +183,13 @@ impl Engine {
             active.insert(id.to_owned(), n.clone());
             n
         };
-        let span =
-            tracing::info_span!("saga", saga_id = %id, saga_kind = self.inner.definition.kind);
+        let span = tracing::info_span!(
+            "saga",
+            otel.name = %format_args!("saga {}", self.inner.definition.kind),
+            saga_id = %id,
+            saga_kind = self.inner.definition.kind
+        );
+        kit::telemetry::trace::set_parent_from(&span, traceparent);
         tokio::spawn(
             self.clone()
                 .drive(id.to_owned(), notify, stand_back_first)
@@ -196,12 +208,12 @@ impl Engine {
         let now = (self.inner.clock)();
         let watch = i64::try_from(self.inner.config.watch.as_millis()).unwrap_or(i64::MAX);
         for id in &ids {
-            let fresh = match self.inner.store.load(id).await? {
-                Some(s) => now.saturating_sub(s.updated_ms) < watch,
+            let (fresh, traceparent) = match self.inner.store.load(id).await? {
+                Some(s) => (now.saturating_sub(s.updated_ms) < watch, s.traceparent),
                 None => continue,
             };
             tracing::info!(target: "saga", saga_id = %id, wait_for_quiet = fresh, "resuming saga");
-            self.spawn(id, fresh);
+            self.spawn(id, fresh, traceparent.as_deref());
         }
         Ok(ids.len())
     }
@@ -392,7 +404,8 @@ impl Engine {
             key: s.idempotency_key(step.name),
             attempt,
         };
-        let outcome = self.inner.steps.run(call).await;
+        let span = step_span(self.inner.definition.kind, step.name, attempt, false);
+        let outcome = self.inner.steps.run(call).instrument(span).await;
         let now = (self.inner.clock)();
         let st = &mut s.steps[i];
         st.at_ms = Some(now);
@@ -466,7 +479,8 @@ impl Engine {
             key: s.idempotency_key(compensation),
             attempt,
         };
-        let outcome = self.inner.steps.compensate(call).await;
+        let span = step_span(self.inner.definition.kind, compensation, attempt, true);
+        let outcome = self.inner.steps.compensate(call).instrument(span).await;
         let now = (self.inner.clock)();
         let st = &mut s.steps[i];
         match outcome {
@@ -506,6 +520,18 @@ impl Engine {
             Ok(Next::Contended)
         }
     }
+}
+
+/// The span of one attempt of a step's action or compensation, inside the saga's span:
+/// the calls the step makes are its children.
+fn step_span(kind: &str, name: &str, attempt: u32, compensation: bool) -> tracing::Span {
+    tracing::info_span!(
+        "saga.step",
+        otel.name = %format_args!("saga {kind} {name}"),
+        saga.step = name,
+        saga.attempt = attempt,
+        saga.compensation = compensation,
+    )
 }
 
 /// Logs, counts and adds to the current span one persisted transition.

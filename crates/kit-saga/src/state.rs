@@ -153,6 +153,10 @@ pub struct SagaState {
     pub created_ms: i64,
     /// Unix ms of the last transition.
     pub updated_ms: i64,
+    /// W3C `traceparent` of the request that started the saga: a saga resumed after a
+    /// crash or by another instance continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl SagaState {
@@ -184,6 +188,7 @@ impl SagaState {
             version: 0,
             created_ms: now_ms,
             updated_ms: now_ms,
+            traceparent: None,
         }
     }
 

@@ -477,3 +477,56 @@ fn backoff_doubles_up_to_the_cap() {
     assert_eq!(c.backoff(3), Duration::from_millis(400));
     assert_eq!(c.backoff(99), Duration::from_secs(10));
 }
+
+/// Steps that record the trace each call ran in.
+#[derive(Default)]
+struct TraceRecorder {
+    traces: Mutex<Vec<String>>,
+}
+
+impl Steps for TraceRecorder {
+    fn run<'a>(&'a self, _: Call<'a>) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
+        Box::pin(async move {
+            let tp = kit::telemetry::trace::traceparent(&tracing::Span::current())
+                .expect("steps run in a traced span");
+            self.traces.lock().unwrap().push(tp[3..35].to_owned());
+            Ok(json!({}))
+        })
+    }
+
+    fn compensate<'a>(&'a self, _: Call<'a>) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_saga_continues_the_trace_of_the_request_that_started_it() {
+    kit::telemetry::init_for_tests();
+    let store = Arc::new(MemStore::default());
+    let steps = Arc::new(TraceRecorder::default());
+    let engine = Engine::new(
+        definition(2, &[false; 2], None),
+        steps.clone(),
+        store.clone(),
+        EngineConfig::default(),
+    );
+    let request = tracing::info_span!("request");
+    let mut state = request.in_scope(|| engine.new_state("t", json!({})));
+    let request_trace = kit::telemetry::trace::traceparent(&request).unwrap()[3..35].to_owned();
+    assert_eq!(
+        state.traceparent.as_deref().map(|t| &t[3..35]),
+        Some(request_trace.as_str()),
+        "the state keeps the request's trace"
+    );
+    // Left by an engine that died a minute ago; the new one runs outside any request.
+    state.updated_ms -= 60_000;
+    store.sagas.lock().unwrap().insert("t".into(), state);
+    assert_eq!(engine.resume_all().await.unwrap(), 1);
+    assert!(engine.settle(Duration::from_secs(5)).await);
+    assert_eq!(
+        store.sagas.lock().unwrap()["t"].status,
+        SagaStatus::Completed
+    );
+    let traces = steps.traces.lock().unwrap().clone();
+    assert_eq!(traces, vec![request_trace.clone(), request_trace]);
+}

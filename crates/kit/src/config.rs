@@ -80,8 +80,14 @@ pub struct Common {
     /// How services find each other: `registry://host:port`, `etcd://host:port[,…]`,
     /// `static://…` or `dns://…` (`FLOTILLA_DISCOVERY`).
     pub discovery: String,
-    /// OTLP/HTTP endpoint for traces (`FLOTILLA_OTLP_ENDPOINT`); unset: no export.
+    /// OTLP/HTTP endpoint for traces and logs (`FLOTILLA_OTLP_ENDPOINT`; the kit posts
+    /// to `<endpoint>/v1/traces` and `<endpoint>/v1/logs`); unset: no export.
     pub otlp_endpoint: Option<String>,
+    /// Which traces are recorded (`FLOTILLA_TRACE_SAMPLING`): `always_on` (the default:
+    /// every trace), `always_off`, or a ratio in (0, 1] for a parent-based ratio sampler
+    /// (a trace the caller sampled is kept, a new one with that probability). Unsampled
+    /// requests still carry a valid `traceparent` (flags `00`).
+    pub trace_sampling: crate::telemetry::trace::Sampling,
     /// Log filter in `RUST_LOG` syntax (`FLOTILLA_LOG`).
     pub log: String,
     /// Version this instance reports to discovery (`FLOTILLA_VERSION`).
@@ -109,6 +115,7 @@ impl Default for Common {
             data_dir: PathBuf::from(".flotilla"),
             discovery: "registry://127.0.0.1:8082".to_owned(),
             otlp_endpoint: None,
+            trace_sampling: crate::telemetry::trace::Sampling::AlwaysOn,
             log: "info".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             lease_ttl: Duration::from_secs(10),
@@ -365,6 +372,50 @@ mod tests {
             assert!(!common(jail, "0").unwrap().insecure_internal);
             let err = common(jail, "maybe").unwrap_err().to_string();
             assert!(err.contains("FLOTILLA_INSECURE_INTERNAL"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trace_sampling_is_always_on_a_ratio_or_a_named_error() {
+        Jail::expect_with(|jail| {
+            use crate::telemetry::trace::Sampling;
+            let common = |jail: &mut Jail, v: &str| {
+                jail.set_env("FLOTILLA_TRACE_SAMPLING", v);
+                Config::from_file(Path::new("none.toml")).common()
+            };
+            assert_eq!(
+                Config::from_file(Path::new("none.toml"))
+                    .common()
+                    .unwrap()
+                    .trace_sampling,
+                Sampling::AlwaysOn
+            );
+            assert_eq!(
+                common(jail, "0.1").unwrap().trace_sampling,
+                Sampling::Ratio(0.1)
+            );
+            assert_eq!(
+                common(jail, "1").unwrap().trace_sampling,
+                Sampling::Ratio(1.0)
+            );
+            assert_eq!(
+                common(jail, "always_off").unwrap().trace_sampling,
+                Sampling::AlwaysOff
+            );
+            for bad in ["0", "1.5", "-0.2", "sometimes", "NaN"] {
+                let err = common(jail, bad).unwrap_err().to_string();
+                assert!(err.contains("FLOTILLA_TRACE_SAMPLING"), "{bad}: {err}");
+            }
+            jail.clear_env();
+            jail.create_file("t.toml", "trace_sampling = 0.25")?;
+            assert_eq!(
+                Config::from_file(Path::new("t.toml"))
+                    .common()
+                    .unwrap()
+                    .trace_sampling,
+                Sampling::Ratio(0.25)
+            );
             Ok(())
         });
     }

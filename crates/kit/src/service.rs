@@ -183,6 +183,7 @@ where
                 instance: ctx.instance_id.clone(),
                 filter: ctx.common.log.clone(),
                 otlp_endpoint: ctx.common.otlp_endpoint.clone(),
+                sampling: ctx.common.trace_sampling,
             },
             std::io::stdout,
         );

@@ -107,7 +107,7 @@ impl ProfileSync {
         let stack = ClientStack::new(&self.policy, self.timeout)
             .instance(&picked.instance.id)
             .idempotent();
-        let channel = proto::channel::resilient(channel, &stack);
+        let channel = proto::channel::resilient(channel, &stack, &addr);
         channels.insert(addr, channel.clone());
         Ok(UsersClient::new(channel))
     }

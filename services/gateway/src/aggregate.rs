@@ -28,6 +28,7 @@ use kit::resilience::ClientStack;
 use kit::security::{Identity, ROLES, SCOPES, USER_ID};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::proxy::Gateway;
 use crate::routes;
@@ -129,14 +130,20 @@ impl Aggregator {
         let mut req = req
             .body(Full::new(Bytes::new()))
             .map_err(|_| Failed::Unavailable)?;
-        kit::telemetry::trace::inject_current(req.headers_mut());
+        let span = kit::telemetry::trace::http_client_span(req.method(), &req.uri().to_string());
+        kit::telemetry::trace::inject(&span, req.headers_mut());
         let client = self.gateway.client(route.protocol).clone();
         let res = ClientStack::new(&upstream.policy, self.timeout)
             .instance(&picked.instance.id)
             .layer(client, Full::new)
             .oneshot(req)
+            .instrument(span.clone())
             .await
-            .map_err(|_| Failed::Unavailable)?;
+            .map_err(|_| {
+                kit::telemetry::trace::record_failure(&span, "unavailable");
+                Failed::Unavailable
+            })?;
+        kit::telemetry::trace::record_http_status(&span, res.status());
         let status = res.status().as_u16();
         let body = Limited::new(res.into_body(), MAX_PART_BYTES)
             .collect()

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::proxy::Gateway;
 
@@ -116,7 +117,20 @@ async fn fetch(http: &reqwest::Client, gateway: &Gateway, service: &str) -> Opti
             continue;
         };
         let url = format!("http://{admin}/openapi.json");
-        match http.get(&url).send().await {
+        let span = kit::telemetry::trace::http_client_span(&http::Method::GET, &url);
+        let mut headers = http::HeaderMap::new();
+        kit::telemetry::trace::inject(&span, &mut headers);
+        let sent = http
+            .get(&url)
+            .headers(headers)
+            .send()
+            .instrument(span.clone())
+            .await;
+        match &sent {
+            Ok(res) => kit::telemetry::trace::record_http_status(&span, res.status()),
+            Err(_) => kit::telemetry::trace::record_failure(&span, "transport"),
+        }
+        match sent {
             Ok(res) if res.status().is_success() => {
                 if let Ok(doc) = res.json::<Value>().await {
                     return Some(doc);

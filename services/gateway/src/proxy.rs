@@ -480,25 +480,16 @@ impl Call<'_> {
         *out.headers_mut() = self.parts.headers.clone();
         deadline::set_header(out.headers_mut(), self.deadline);
 
-        let span = tracing::info_span!(
-            "http.client",
-            otel.name = %format_args!("{} {}", self.parts.method, route.service),
-            otel.kind = "client",
-            peer.service = %route.service,
-            server.address = %addr,
-            http.response.status_code = tracing::field::Empty,
-        );
-        {
-            let _entered = span.enter();
-            kit::telemetry::trace::inject_current(out.headers_mut());
-        }
+        let span =
+            kit::telemetry::trace::http_client_span(&self.parts.method, &out.uri().to_string());
+        kit::telemetry::trace::inject(&span, out.headers_mut());
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let sent = tokio::time::timeout(remaining, self.client.request(out))
             .instrument(span.clone())
             .await;
         match sent {
             Ok(Ok(res)) => {
-                span.record("http.response.status_code", res.status().as_u16());
+                kit::telemetry::trace::record_http_status(&span, res.status());
                 permit.record(!kit::resilience::is_failure_status(res.status()));
                 Attempt::Answered(res)
             }
@@ -509,16 +500,19 @@ impl Call<'_> {
                 // (a restarted single instance would otherwise stay cut off for the whole
                 // open interval).
                 drop(permit);
+                kit::telemetry::trace::record_failure(&span, "connect");
                 tracing::warn!(service = %route.service, instance = %addr, error = %e, "cannot connect");
                 Attempt::NotConnected
             }
             Ok(Err(e)) => {
                 permit.failure();
+                kit::telemetry::trace::record_failure(&span, "transport");
                 tracing::warn!(service = %route.service, instance = %addr, error = %e, "upstream failed");
                 Attempt::Failed
             }
             Err(_) => {
                 permit.failure();
+                kit::telemetry::trace::record_failure(&span, "timeout");
                 tracing::warn!(service = %route.service, instance = %addr, timeout = ?route.timeout, "upstream timed out");
                 Attempt::TimedOut
             }

@@ -147,7 +147,7 @@ impl Clients {
         let stack = ClientStack::new(self.policy(service), self.timeout)
             .instance(&instance.id)
             .idempotent();
-        let channel = proto::channel::resilient(channel, &stack);
+        let channel = proto::channel::resilient(channel, &stack, &addr);
         channels.insert(addr, channel.clone());
         Ok(channel)
     }

@@ -2,6 +2,10 @@
 //! and deregisters an instance, and the [`Resolver`] that long-polls for changes.
 //!
 //! The wire types here are the registry's public contract (`GET /v1/services`…).
+//!
+//! These calls are housekeeping (heartbeats every third of a lease, long polls that
+//! return every few seconds): they make no client span and send no `traceparent`, so
+//! an idle fleet sends no trace per tick to the collector.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -31,6 +31,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::ConfigError;
 use crate::discovery::{Discovery, Endpoints};
@@ -699,13 +700,29 @@ impl JwksCache {
             url: url.clone(),
             reason,
         };
-        let mut res = self
+        let span = crate::telemetry::trace::http_client_span(&http::Method::GET, &url);
+        let mut headers = http::HeaderMap::new();
+        crate::telemetry::trace::inject(&span, &mut headers);
+        let sent = self
             .http
             .get(&url)
+            .headers(headers)
             .timeout(FETCH_TIMEOUT)
             .send()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+            .instrument(span.clone())
+            .await;
+        let mut res = sent.map_err(|e| {
+            crate::telemetry::trace::record_failure(
+                &span,
+                if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "transport"
+                },
+            );
+            failed(e.to_string())
+        })?;
+        crate::telemetry::trace::record_http_status(&span, res.status());
         if !res.status().is_success() {
             return Err(failed(format!("status {}", res.status())));
         }

@@ -54,13 +54,15 @@ pub enum StoreError {
 /// once `BEGIN` has answered), and every later use of that connection then fails. Write
 /// transactions that a handler starts go through here, so they commit or roll back
 /// whole. The error is the task's: a panic inside the operation, or a runtime shutting
-/// down.
+/// down. The task runs in the caller's span, so its database calls, the events it writes
+/// and the sagas it starts stay in the request's trace.
 pub async fn detached<T, F>(operation: F) -> Result<T, tokio::task::JoinError>
 where
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::spawn(operation).await
+    use tracing::Instrument;
+    tokio::spawn(operation.in_current_span()).await
 }
 
 #[cfg(test)]

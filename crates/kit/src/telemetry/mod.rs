@@ -1,8 +1,13 @@
 //! Telemetry: JSON logs with trace ids, RED metrics in Prometheus format, and
-//! OpenTelemetry traces propagated with W3C `traceparent` on every hop.
+//! OpenTelemetry traces propagated with W3C `traceparent` on every hop (HTTP, gRPC
+//! metadata, the events' `traceparent`), sampled as `FLOTILLA_TRACE_SAMPLING` says.
+//! With `FLOTILLA_OTLP_ENDPOINT` set, spans go to `<endpoint>/v1/traces` and log
+//! records (with the trace and span ids they were logged in) to `<endpoint>/v1/logs`.
 //!
 //! [`init`] takes the log sink, so tests stay quiet unless they ask for output.
 
+pub mod db;
+pub mod export;
 pub mod logs;
 pub mod metrics;
 pub mod trace;
@@ -22,19 +27,26 @@ pub struct TelemetryConfig {
     pub instance: String,
     /// Log filter, `RUST_LOG` syntax.
     pub filter: String,
-    /// OTLP/HTTP endpoint to export spans to, if any.
+    /// OTLP/HTTP endpoint to export spans and log records to, if any.
     pub otlp_endpoint: Option<String>,
+    /// Which traces are recorded.
+    pub sampling: trace::Sampling,
 }
 
-/// Keeps the tracer provider alive; flushes spans when dropped.
-#[must_use = "dropping the guard stops trace export"]
+/// Keeps the tracer and logger providers alive; flushes spans and log records when
+/// dropped.
+#[must_use = "dropping the guard stops trace and log export"]
 pub struct Telemetry {
     provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    logs: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
         let _ = self.provider.shutdown();
+        if let Some(logs) = &self.logs {
+            let _ = logs.shutdown();
+        }
     }
 }
 
@@ -56,6 +68,14 @@ where
         );
         EnvFilter::new("info")
     });
+    let logs = cfg
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .and_then(|endpoint| export::logger_provider(cfg, endpoint));
+    let otlp_logs = logs
+        .as_ref()
+        .map(|p| export::layer(p).with_filter(export::filter(&filter.to_string())));
     // Spans follow their own level, not the log filter: a quiet `FLOTILLA_LOG=warn` must
     // not stop `traceparent` from flowing.
     let _ = tracing_subscriber::registry()
@@ -65,8 +85,9 @@ where
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         )
         .with(logs::JsonLayer::new(&cfg.service, &cfg.instance, sink).with_filter(filter))
+        .with(otlp_logs)
         .try_init();
-    Telemetry { provider }
+    Telemetry { provider, logs }
 }
 
 /// Sets up telemetry once per test process: spans and metrics work as in production,
@@ -81,6 +102,7 @@ pub fn init_for_tests() {
             instance: "test".to_owned(),
             filter: std::env::var("FLOTILLA_LOG").unwrap_or_else(|_| "info".to_owned()),
             otlp_endpoint: None,
+            sampling: trace::Sampling::AlwaysOn,
         };
         let guard = if std::env::var("FLOTILLA_TEST_LOG").as_deref() == Ok("1") {
             init(&cfg, std::io::stderr)

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit::telemetry::db::Db;
 use kit_events::outbox::InboxPage;
 
 use crate::domain::Projection;
@@ -74,16 +75,71 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), AnalyticsStoreError>>;
 }
 
-/// Opens the store a URL names (`sqlite://…` or `postgres://…`).
+/// Opens the store a URL names (`sqlite://…` or `postgres://…`); every call but the
+/// polled ones ([`AnalyticsStore::ping`], [`AnalyticsStore::generation`]) is a database
+/// client span.
 pub async fn open(url: &str, setting: &str) -> Result<Arc<dyn AnalyticsStore>, StoreError> {
+    let db = Db::from_url(url);
     match kit::store::scheme(url) {
-        "sqlite" => Ok(Arc::new(sql::SqliteAnalytics::open(url, setting).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(sql::PgAnalytics::open(url, setting).await?)),
+        "sqlite" => Ok(Arc::new(Traced {
+            inner: sql::SqliteAnalytics::open(url, setting).await?,
+            db,
+        })),
+        "postgres" | "postgresql" => Ok(Arc::new(Traced {
+            inner: sql::PgAnalytics::open(url, setting).await?,
+            db,
+        })),
         _ => Err(StoreError::UnknownScheme {
             setting: setting.to_owned(),
             url: kit::store::redact(url),
             expected: "sqlite://, postgres://",
         }),
+    }
+}
+
+/// A store whose calls are database client spans (see `kit::telemetry::db`).
+struct Traced<S> {
+    inner: S,
+    db: Db,
+}
+
+impl<S: AnalyticsStore> AnalyticsStore for Traced<S> {
+    fn generation(&self) -> BoxFuture<'_, Result<i64, AnalyticsStoreError>> {
+        // Polled on a timer (has a rebuild started?): no span per tick.
+        self.inner.generation()
+    }
+    fn apply<'a>(
+        &'a self,
+        generation: i64,
+        consumer: &'a str,
+        event_id: &'a str,
+        projection: Option<&'a Projection>,
+    ) -> BoxFuture<'a, Result<Applied, AnalyticsStoreError>> {
+        let call = self.inner.apply(generation, consumer, event_id, projection);
+        Box::pin(self.db.run("UPSERT", "counters", call))
+    }
+    fn totals(&self, first_bucket: i64) -> BoxFuture<'_, Result<Totals, AnalyticsStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "counters", self.inner.totals(first_bucket)),
+        )
+    }
+    fn rebuild(&self) -> BoxFuture<'_, Result<i64, AnalyticsStoreError>> {
+        Box::pin(self.db.run("DELETE", "counters", self.inner.rebuild()))
+    }
+    fn inbox<'a>(
+        &'a self,
+        consumer: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<InboxPage, AnalyticsStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "inbox", self.inner.inbox(consumer, after, limit)),
+        )
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), AnalyticsStoreError>> {
+        self.inner.ping()
     }
 }
 

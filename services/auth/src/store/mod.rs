@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit::telemetry::db::Db;
 use secrecy::SecretString;
 
 use crate::domain::Role;
@@ -241,15 +242,166 @@ pub trait AuthStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), AuthStoreError>>;
 }
 
-/// Opens the store a URL names (`sqlite://…` or `postgres://…`).
+/// Opens the store a URL names (`sqlite://…` or `postgres://…`). Every call made for
+/// a request is a database client span; the background loops' `due_profiles` and
+/// `purge_refresh`, and the probes' `ping`, are not.
 pub async fn open(url: &str, setting: &str) -> Result<Arc<dyn AuthStore>, StoreError> {
+    let db = Db::from_url(url);
     match kit::store::scheme(url) {
-        "sqlite" => Ok(Arc::new(sql::SqliteAuthStore::open(url, setting).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(sql::PgAuthStore::open(url, setting).await?)),
+        "sqlite" => Ok(Arc::new(Traced {
+            inner: sql::SqliteAuthStore::open(url, setting).await?,
+            db,
+        })),
+        "postgres" | "postgresql" => Ok(Arc::new(Traced {
+            inner: sql::PgAuthStore::open(url, setting).await?,
+            db,
+        })),
         _ => Err(StoreError::UnknownScheme {
             setting: setting.to_owned(),
             url: kit::store::redact(url),
             expected: "sqlite://, postgres://",
         }),
+    }
+}
+
+/// A store whose calls are database client spans (see `kit::telemetry::db`).
+struct Traced<S> {
+    inner: S,
+    db: Db,
+}
+
+impl<S: AuthStore> AuthStore for Traced<S> {
+    fn register(
+        &self,
+        account: NewAccount,
+        subject: &'static str,
+        event: kit_events::Event,
+    ) -> BoxFuture<'_, Result<Registered, AuthStoreError>> {
+        let call = self.inner.register(account, subject, event);
+        Box::pin(self.db.run("INSERT", "credentials", call))
+    }
+    fn account_by_email(
+        &self,
+        email: String,
+    ) -> BoxFuture<'_, Result<Option<Account>, AuthStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "credentials", self.inner.account_by_email(email)),
+        )
+    }
+    fn account_by_id(&self, id: String) -> BoxFuture<'_, Result<Option<Account>, AuthStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "credentials", self.inner.account_by_id(id)),
+        )
+    }
+    fn admin_exists(&self) -> BoxFuture<'_, Result<bool, AuthStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "credentials", self.inner.admin_exists()),
+        )
+    }
+    fn due_profiles(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<PendingProfile>, AuthStoreError>> {
+        self.inner.due_profiles(now_ms, limit)
+    }
+    fn profile_created(&self, user_id: String) -> BoxFuture<'_, Result<(), AuthStoreError>> {
+        Box::pin(self.db.run(
+            "DELETE",
+            "pending_profiles",
+            self.inner.profile_created(user_id),
+        ))
+    }
+    fn profile_failed(
+        &self,
+        user_id: String,
+        attempts: i64,
+        next_attempt_ms: i64,
+        error: String,
+    ) -> BoxFuture<'_, Result<(), AuthStoreError>> {
+        let call = self
+            .inner
+            .profile_failed(user_id, attempts, next_attempt_ms, error);
+        Box::pin(self.db.run("UPDATE", "pending_profiles", call))
+    }
+    fn issue_refresh(&self, record: RefreshRecord) -> BoxFuture<'_, Result<(), AuthStoreError>> {
+        Box::pin(
+            self.db
+                .run("INSERT", "refresh_tokens", self.inner.issue_refresh(record)),
+        )
+    }
+    fn rotate_refresh(
+        &self,
+        token_hash: String,
+        successor: RefreshRecord,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Rotation, AuthStoreError>> {
+        let call = self.inner.rotate_refresh(token_hash, successor, now_ms);
+        Box::pin(self.db.run("UPDATE", "refresh_tokens", call))
+    }
+    fn revoke_family(
+        &self,
+        token_hash: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<bool, AuthStoreError>> {
+        let call = self.inner.revoke_family(token_hash, now_ms);
+        Box::pin(self.db.run("UPDATE", "refresh_tokens", call))
+    }
+    fn purge_refresh(&self, cutoff_ms: i64) -> BoxFuture<'_, Result<u64, AuthStoreError>> {
+        self.inner.purge_refresh(cutoff_ms)
+    }
+    fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, AuthStoreError>> {
+        Box::pin(self.db.run("SELECT", "signing_keys", self.inner.keys()))
+    }
+    fn add_key(
+        &self,
+        key: StoredKey,
+        retire_previous_ms: i64,
+    ) -> BoxFuture<'_, Result<(), AuthStoreError>> {
+        let call = self.inner.add_key(key, retire_previous_ms);
+        Box::pin(self.db.run("INSERT", "signing_keys", call))
+    }
+    fn locked_until(
+        &self,
+        keys: Vec<String>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<i64>, AuthStoreError>> {
+        let call = self.inner.locked_until(keys, now_ms);
+        Box::pin(self.db.run("SELECT", "login_throttle", call))
+    }
+    fn record_failure(
+        &self,
+        key: String,
+        now_ms: i64,
+        window_ms: i64,
+    ) -> BoxFuture<'_, Result<u32, AuthStoreError>> {
+        let call = self.inner.record_failure(key, now_ms, window_ms);
+        Box::pin(self.db.run("UPSERT", "login_throttle", call))
+    }
+    fn lock(&self, key: String, until_ms: i64) -> BoxFuture<'_, Result<(), AuthStoreError>> {
+        Box::pin(
+            self.db
+                .run("UPDATE", "login_throttle", self.inner.lock(key, until_ms)),
+        )
+    }
+    fn clear_failures(&self, key: String) -> BoxFuture<'_, Result<(), AuthStoreError>> {
+        Box::pin(
+            self.db
+                .run("DELETE", "login_throttle", self.inner.clear_failures(key)),
+        )
+    }
+    fn outbox(
+        &self,
+    ) -> (
+        Arc<dyn kit_events::outbox::OutboxStore>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        self.inner.outbox()
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), AuthStoreError>> {
+        self.inner.ping()
     }
 }

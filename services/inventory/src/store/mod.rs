@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit::telemetry::db::{Db, System};
 
 use crate::domain::{Action, Line, Product, Reservation, ReservationError, Sku};
 
@@ -134,21 +135,118 @@ pub async fn expire_due(store: &dyn CatalogStore, now_ms: i64) -> Result<usize, 
     }
 }
 
-/// Opens the store a URL names.
+/// Opens the store a URL names. Every call made for a request or a saga step is a
+/// database client span; the sweeper's `due` and the probes' `ping` are not.
 pub async fn open(
     url: &str,
     setting: &str,
     redis_prefix: &str,
 ) -> Result<Arc<dyn CatalogStore>, StoreError> {
+    let db = Db::from_url(url);
     match kit::store::scheme(url) {
-        "sqlite" => Ok(Arc::new(sqlite::SqliteCatalog::open(url, setting).await?)),
-        "redis" | "rediss" => Ok(Arc::new(
-            redis::RedisCatalog::open(url, setting, redis_prefix).await?,
-        )),
+        "sqlite" => Ok(Arc::new(Traced {
+            inner: sqlite::SqliteCatalog::open(url, setting).await?,
+            db,
+        })),
+        "redis" | "rediss" => Ok(Arc::new(Traced {
+            inner: redis::RedisCatalog::open(url, setting, redis_prefix).await?,
+            db,
+        })),
         _ => Err(StoreError::UnknownScheme {
             setting: setting.to_owned(),
             url: kit::store::redact(url),
             expected: "sqlite://, redis://",
         }),
+    }
+}
+
+/// A store whose calls are database client spans (see `kit::telemetry::db`).
+struct Traced<S> {
+    inner: S,
+    db: Db,
+}
+
+impl<S> Traced<S> {
+    /// The operation's name in this backend's words: SQL, or the Redis command.
+    fn op(&self, sql: &'static str, redis: &'static str) -> &'static str {
+        if self.db.system() == System::Redis {
+            redis
+        } else {
+            sql
+        }
+    }
+}
+
+impl<S: CatalogStore> CatalogStore for Traced<S> {
+    fn list(
+        &self,
+        limit: u32,
+        after: Option<Sku>,
+    ) -> BoxFuture<'_, Result<Vec<Product>, CatalogError>> {
+        let op = self.op("SELECT", "ZRANGE");
+        Box::pin(self.db.run(op, "products", self.inner.list(limit, after)))
+    }
+    fn get(&self, sku: Sku) -> BoxFuture<'_, Result<Option<Product>, CatalogError>> {
+        let op = self.op("SELECT", "HGETALL");
+        Box::pin(self.db.run(op, "products", self.inner.get(sku)))
+    }
+    fn seed_once(&self, products: Vec<Product>) -> BoxFuture<'_, Result<usize, CatalogError>> {
+        let op = self.op("INSERT", "EVALSHA");
+        Box::pin(self.db.run(op, "products", self.inner.seed_once(products)))
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), CatalogError>> {
+        self.inner.ping()
+    }
+    fn create(&self, product: Product) -> BoxFuture<'_, Result<Product, CatalogError>> {
+        let op = self.op("INSERT", "EVALSHA");
+        Box::pin(self.db.run(op, "products", self.inner.create(product)))
+    }
+    fn set_stock(&self, sku: Sku, stock: i64) -> BoxFuture<'_, Result<Product, CatalogError>> {
+        let op = self.op("UPDATE", "EVALSHA");
+        Box::pin(
+            self.db
+                .run(op, "products", self.inner.set_stock(sku, stock)),
+        )
+    }
+    fn reserve(
+        &self,
+        order_id: String,
+        lines: Vec<Line>,
+        expires_at_ms: i64,
+    ) -> BoxFuture<'_, Result<Reservation, ReservationError>> {
+        let op = self.op("INSERT", "EVALSHA");
+        let call = self.inner.reserve(order_id, lines, expires_at_ms);
+        Box::pin(self.db.run(op, "reservations", call))
+    }
+    fn finish(
+        &self,
+        order_id: String,
+        action: Action,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>> {
+        let op = self.op("UPDATE", "EVALSHA");
+        let call = self.inner.finish(order_id, action, now_ms);
+        Box::pin(self.db.run(op, "reservations", call))
+    }
+    fn reservation(
+        &self,
+        order_id: String,
+    ) -> BoxFuture<'_, Result<Option<Reservation>, ReservationError>> {
+        let op = self.op("SELECT", "HGETALL");
+        Box::pin(
+            self.db
+                .run(op, "reservations", self.inner.reservation(order_id)),
+        )
+    }
+    fn due(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<String>, ReservationError>> {
+        self.inner.due(now_ms, limit)
+    }
+    fn outbox(
+        &self,
+    ) -> (
+        Arc<dyn kit_events::outbox::OutboxStore>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        self.inner.outbox()
     }
 }

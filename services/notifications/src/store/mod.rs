@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit::telemetry::db::Db;
 use kit_events::outbox::InboxPage;
 
 use crate::domain::Recipient;
@@ -107,18 +108,93 @@ pub trait NotificationStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), NotificationStoreError>>;
 }
 
-/// Opens the store a URL names (`sqlite://…` or `postgres://…`).
+/// Opens the store a URL names (`sqlite://…` or `postgres://…`); every call but
+/// [`NotificationStore::ping`] (probed every few seconds) is a database client span.
 pub async fn open(url: &str, setting: &str) -> Result<Arc<dyn NotificationStore>, StoreError> {
+    let db = Db::from_url(url);
     match kit::store::scheme(url) {
-        "sqlite" => Ok(Arc::new(
-            sql::SqliteNotifications::open(url, setting).await?,
-        )),
-        "postgres" | "postgresql" => Ok(Arc::new(sql::PgNotifications::open(url, setting).await?)),
+        "sqlite" => Ok(Arc::new(Traced {
+            inner: sql::SqliteNotifications::open(url, setting).await?,
+            db,
+        })),
+        "postgres" | "postgresql" => Ok(Arc::new(Traced {
+            inner: sql::PgNotifications::open(url, setting).await?,
+            db,
+        })),
         _ => Err(StoreError::UnknownScheme {
             setting: setting.to_owned(),
             url: kit::store::redact(url),
             expected: "sqlite://, postgres://",
         }),
+    }
+}
+
+/// A store whose calls are database client spans (see `kit::telemetry::db`).
+struct Traced<S> {
+    inner: S,
+    db: Db,
+}
+
+impl<S: NotificationStore> NotificationStore for Traced<S> {
+    fn handled<'a>(
+        &'a self,
+        consumer: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, NotificationStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "inbox", self.inner.handled(consumer, event_id)),
+        )
+    }
+    fn recipient<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Recipient>, NotificationStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "recipients", self.inner.recipient(user_id)),
+        )
+    }
+    fn record<'a>(
+        &'a self,
+        consumer: &'a str,
+        event_id: &'a str,
+        effect: Effect,
+    ) -> BoxFuture<'a, Result<bool, NotificationStoreError>> {
+        let call = self.inner.record(consumer, event_id, effect);
+        Box::pin(self.db.run("INSERT", "notifications", call))
+    }
+    fn list<'a>(
+        &'a self,
+        user_id: &'a str,
+        before: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Sent>, NotificationStoreError>> {
+        let call = self.inner.list(user_id, before, limit);
+        Box::pin(self.db.run("SELECT", "notifications", call))
+    }
+    fn by_event<'a>(
+        &'a self,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Sent>, NotificationStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "notifications", self.inner.by_event(event_id)),
+        )
+    }
+    fn inbox<'a>(
+        &'a self,
+        consumer: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<InboxPage, NotificationStoreError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "inbox", self.inner.inbox(consumer, after, limit)),
+        )
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), NotificationStoreError>> {
+        self.inner.ping()
     }
 }
 

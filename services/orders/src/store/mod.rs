@@ -116,6 +116,8 @@ pub enum Pool {
 #[derive(Clone)]
 pub struct OrderStore {
     db: Db,
+    /// What the spans of its calls say about the database (`kit::telemetry::db`).
+    spans: kit::telemetry::db::Db,
     wake_relay: Arc<Notify>,
 }
 
@@ -249,6 +251,7 @@ impl OrderStore {
         };
         Ok(Self {
             db,
+            spans: kit::telemetry::db::Db::from_url(url),
             wake_relay: Arc::new(Notify::new()),
         })
     }
@@ -280,15 +283,19 @@ impl OrderStore {
         user_id: &str,
         key: &str,
     ) -> Result<Option<StoredAnswer>, StoreError> {
-        let row: Option<(String, i64, String)> = on_db!(&self.db, |pool, q| {
-            sqlx::query_as(&q(SELECT_ANSWER))
-                .bind(user_id)
-                .bind(key)
-                .fetch_optional(pool)
-                .await
-                .map_err(err)?
-        });
-        Ok(row.map(answer_of))
+        self.spans
+            .run("SELECT", "idempotency_keys", async {
+                let row: Option<(String, i64, String)> = on_db!(&self.db, |pool, q| {
+                    sqlx::query_as(&q(SELECT_ANSWER))
+                        .bind(user_id)
+                        .bind(key)
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(err)?
+                });
+                Ok(row.map(answer_of))
+            })
+            .await
     }
 
     /// Stores a new order with its saga, its `orders.created` event and (when given)
@@ -300,74 +307,82 @@ impl OrderStore {
         saga: &SagaState,
         idempotency: Option<IdempotencyRecord>,
     ) -> Result<Created, StoreError> {
-        let now = now_ms();
-        let doc = serde_json::to_string(order).map_err(err)?;
-        let state = serde_json::to_string(saga).map_err(err)?;
-        let event = Event::new(SOURCE, "orders.created", domain::created_event(order));
-        on_db!(&self.db, |pool, q, ob| {
-            let mut tx = pool.begin().await.map_err(err)?;
-            if let Some(r) = &idempotency {
-                let inserted = sqlx::query(&q(INSERT_ANSWER))
-                    .bind(&r.user_id)
-                    .bind(&r.key)
-                    .bind(&r.request_hash)
-                    .bind(i64::from(r.status))
-                    .bind(&r.body)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?
-                    .rows_affected();
-                if inserted == 0 {
-                    let row: (String, i64, String) = sqlx::query_as(&q(SELECT_ANSWER))
-                        .bind(&r.user_id)
-                        .bind(&r.key)
-                        .fetch_one(&mut *tx)
+        self.spans
+            .run("INSERT", "orders", async {
+                let now = now_ms();
+                let doc = serde_json::to_string(order).map_err(err)?;
+                let state = serde_json::to_string(saga).map_err(err)?;
+                let event = Event::new(SOURCE, "orders.created", domain::created_event(order));
+                on_db!(&self.db, |pool, q, ob| {
+                    let mut tx = pool.begin().await.map_err(err)?;
+                    if let Some(r) = &idempotency {
+                        let inserted = sqlx::query(&q(INSERT_ANSWER))
+                            .bind(&r.user_id)
+                            .bind(&r.key)
+                            .bind(&r.request_hash)
+                            .bind(i64::from(r.status))
+                            .bind(&r.body)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(err)?
+                            .rows_affected();
+                        if inserted == 0 {
+                            let row: (String, i64, String) = sqlx::query_as(&q(SELECT_ANSWER))
+                                .bind(&r.user_id)
+                                .bind(&r.key)
+                                .fetch_one(&mut *tx)
+                                .await
+                                .map_err(err)?;
+                            tx.rollback().await.map_err(err)?;
+                            return Ok(Created::Existing(answer_of(row)));
+                        }
+                    }
+                    sqlx::query(&q(INSERT_ORDER))
+                        .bind(&order.id)
+                        .bind(&order.user_id)
+                        .bind(order.status.as_str())
+                        .bind(&doc)
+                        .bind(now)
+                        .bind(now)
+                        .execute(&mut *tx)
                         .await
                         .map_err(err)?;
-                    tx.rollback().await.map_err(err)?;
-                    return Ok(Created::Existing(answer_of(row)));
-                }
-            }
-            sqlx::query(&q(INSERT_ORDER))
-                .bind(&order.id)
-                .bind(&order.user_id)
-                .bind(order.status.as_str())
-                .bind(&doc)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            sqlx::query(&q(INSERT_SAGA))
-                .bind(&saga.id)
-                .bind(&saga.kind)
-                .bind(saga.status.as_str())
-                .bind(i64::try_from(saga.version).unwrap_or(i64::MAX))
-                .bind(&state)
-                .bind(saga.updated_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            ob::enqueue(&mut *tx, "orders.created", &event)
-                .await
-                .map_err(err)?;
-            tx.commit().await.map_err(err)?;
-        });
-        self.wake_relay.notify_one();
-        Ok(Created::New)
+                    sqlx::query(&q(INSERT_SAGA))
+                        .bind(&saga.id)
+                        .bind(&saga.kind)
+                        .bind(saga.status.as_str())
+                        .bind(i64::try_from(saga.version).unwrap_or(i64::MAX))
+                        .bind(&state)
+                        .bind(saga.updated_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                    ob::enqueue(&mut *tx, "orders.created", &event)
+                        .await
+                        .map_err(err)?;
+                    tx.commit().await.map_err(err)?;
+                });
+                self.wake_relay.notify_one();
+                Ok(Created::New)
+            })
+            .await
     }
 
     /// One order with its saga.
     pub async fn get(&self, id: &str) -> Result<Option<(Order, SagaState)>, StoreError> {
-        let row: Option<(String, String)> = on_db!(&self.db, |pool, q| {
-            sqlx::query_as(&q(SELECT_ORDER))
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-                .map_err(err)?
-        });
-        row.map(|(doc, state)| decode(&doc, &state)).transpose()
+        self.spans
+            .run("SELECT", "orders", async {
+                let row: Option<(String, String)> = on_db!(&self.db, |pool, q| {
+                    sqlx::query_as(&q(SELECT_ORDER))
+                        .bind(id)
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(err)?
+                });
+                row.map(|(doc, state)| decode(&doc, &state)).transpose()
+            })
+            .await
     }
 
     /// Up to `limit` of `user_id`'s orders, newest first, older than `before`.
@@ -377,17 +392,21 @@ impl OrderStore {
         limit: u32,
         before: Option<&str>,
     ) -> Result<Vec<(Order, SagaState)>, StoreError> {
-        let rows: Vec<(String, String)> = on_db!(&self.db, |pool, q| {
-            sqlx::query_as(&q(SELECT_ORDERS))
-                .bind(user_id)
-                .bind(before)
-                .bind(before)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await
-                .map_err(err)?
-        });
-        rows.iter().map(|(doc, state)| decode(doc, state)).collect()
+        self.spans
+            .run("SELECT", "orders", async {
+                let rows: Vec<(String, String)> = on_db!(&self.db, |pool, q| {
+                    sqlx::query_as(&q(SELECT_ORDERS))
+                        .bind(user_id)
+                        .bind(before)
+                        .bind(before)
+                        .bind(i64::from(limit))
+                        .fetch_all(pool)
+                        .await
+                        .map_err(err)?
+                });
+                rows.iter().map(|(doc, state)| decode(doc, state)).collect()
+            })
+            .await
     }
 
     /// Up to `limit` sagas for operators: those in flight first, then those that ended,
@@ -433,7 +452,7 @@ impl SagaStore for OrderStore {
         state: &'a SagaState,
         transition: &'a Transition,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.spans.run("UPDATE", "sagas", async move {
             let json = serde_json::to_string(state).map_err(err)?;
             let now = state.updated_ms;
             let at = rfc3339_ms(now);
@@ -494,11 +513,11 @@ impl SagaStore for OrderStore {
                 self.wake_relay.notify_one();
             }
             Ok(true)
-        })
+        }))
     }
 
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SagaState>, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.spans.run("SELECT", "sagas", async move {
             let row: Option<(String,)> = on_db!(&self.db, |pool, q| {
                 sqlx::query_as(&q(SELECT_SAGA))
                     .bind(id)
@@ -508,7 +527,7 @@ impl SagaStore for OrderStore {
             });
             row.map(|(s,)| serde_json::from_str(&s).map_err(err))
                 .transpose()
-        })
+        }))
     }
 
     fn in_flight(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit::telemetry::db::Db;
 
 use crate::domain::Profile;
 
@@ -58,16 +59,56 @@ pub trait ProfileStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), ProfileStoreError>>;
 }
 
-/// Opens the store a URL names (`sqlite://…` or `postgres://…`).
+/// Opens the store a URL names (`sqlite://…` or `postgres://…`); every call but
+/// [`ProfileStore::ping`] (probed every few seconds) is a database client span.
 pub async fn open(url: &str, setting: &str) -> Result<Arc<dyn ProfileStore>, StoreError> {
+    let db = Db::from_url(url);
     match kit::store::scheme(url) {
-        "sqlite" => Ok(Arc::new(sql::SqliteProfiles::open(url, setting).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(sql::PgProfiles::open(url, setting).await?)),
+        "sqlite" => Ok(Arc::new(Traced {
+            inner: sql::SqliteProfiles::open(url, setting).await?,
+            db,
+        })),
+        "postgres" | "postgresql" => Ok(Arc::new(Traced {
+            inner: sql::PgProfiles::open(url, setting).await?,
+            db,
+        })),
         _ => Err(StoreError::UnknownScheme {
             setting: setting.to_owned(),
             url: kit::store::redact(url),
             expected: "sqlite://, postgres://",
         }),
+    }
+}
+
+/// A store whose calls are database client spans (see `kit::telemetry::db`).
+struct Traced<S> {
+    inner: S,
+    db: Db,
+}
+
+impl<S: ProfileStore> ProfileStore for Traced<S> {
+    fn create(&self, profile: Profile) -> BoxFuture<'_, Result<Created, ProfileStoreError>> {
+        Box::pin(
+            self.db
+                .run("INSERT", "profiles", self.inner.create(profile)),
+        )
+    }
+    fn get(&self, id: String) -> BoxFuture<'_, Result<Option<Profile>, ProfileStoreError>> {
+        Box::pin(self.db.run("SELECT", "profiles", self.inner.get(id)))
+    }
+    fn rename(
+        &self,
+        id: String,
+        name: String,
+        at: String,
+    ) -> BoxFuture<'_, Result<Option<Profile>, ProfileStoreError>> {
+        Box::pin(
+            self.db
+                .run("UPDATE", "profiles", self.inner.rename(id, name, at)),
+        )
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), ProfileStoreError>> {
+        self.inner.ping()
     }
 }
 

@@ -141,6 +141,10 @@ async fn an_order_is_one_trace_across_the_fleet() {
     assert_eq!(roots.len(), 1, "one root: {roots:#?}");
     let root = roots[0];
     assert_eq!(root["service"], "gateway", "the gateway's span is the root");
+    assert_eq!(
+        root["name"], "POST /api/orders",
+        "the root is named by the gateway's route, not its catch-all"
+    );
     for s in spans {
         if let Some(parent) = s["parent_span_id"].as_str() {
             assert!(

@@ -204,6 +204,9 @@ pub async fn forward(
     let Some((route, upstream)) = routes::find(&gw.routes, path) else {
         return Problem::not_found(format!("no route for {path}")).into_response();
     };
+    // The server span names the route of the gateway's table, not its catch-all
+    // (`/{*path}`), so traces can be found by route.
+    kit::telemetry::trace::name_route(req.method(), &route.prefix);
     let label = RouteLabel(route.prefix.clone());
     let mut res = forward_to(&gw, upstream, peer, req).await;
     res.extensions_mut().insert(label);

@@ -197,6 +197,7 @@ mod tests {
             reason: Some("card declined".into()),
             cancel_requested: None,
             stuck: false,
+            traceparent: None,
             version: 0,
             created_ms: 1_700_000_000_000,
             updated_ms: 1_700_000_000_500,

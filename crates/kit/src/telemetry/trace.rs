@@ -460,6 +460,19 @@ where
     }
 }
 
+/// Names the current server span's route after the fact: `http.route` and the span's
+/// name (`{method} {route}`). For a handler behind a catch-all (the gateway's
+/// `/{*path}`) that knows the route only once it has matched its own table. The span's
+/// name must be set through OpenTelemetry: once a span has a context (a child or a
+/// `traceparent` was made from it), recording `otel.name` no longer renames it.
+pub fn name_route(method: &http::Method, route: &str) {
+    let span = tracing::Span::current();
+    span.record("http.route", route);
+    span.context()
+        .span()
+        .update_name(format!("{method} {route}"));
+}
+
 /// Middleware: one server span per request, child of the caller's `traceparent`, and
 /// the response carries this span's `traceparent`. A gRPC request
 /// (`content-type: application/grpc…`) gets an RPC span (`rpc.system`, `rpc.service`,

@@ -278,12 +278,21 @@ async fn unknown_email_and_wrong_password_look_the_same() {
     // Warm both paths once.
     app.login("kim@example.com", "wrong password!").await;
     app.login("nobody@example.com", PASSWORD).await;
-    let started = Instant::now();
-    let wrong = app.login("kim@example.com", "wrong password!").await;
-    let wrong_took = started.elapsed();
-    let started = Instant::now();
-    let unknown = app.login("nobody@example.com", PASSWORD).await;
-    let unknown_took = started.elapsed();
+    // The fastest of a few interleaved tries of each: a busy machine slows single
+    // requests by whole scheduling quanta, never makes one faster than its work.
+    let (mut wrong_took, mut unknown_took) = (Duration::MAX, Duration::MAX);
+    let (mut wrong, mut unknown) = (None, None);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let res = app.login("kim@example.com", "wrong password!").await;
+        wrong_took = wrong_took.min(started.elapsed());
+        wrong = Some(res);
+        let started = Instant::now();
+        let res = app.login("nobody@example.com", PASSWORD).await;
+        unknown_took = unknown_took.min(started.elapsed());
+        unknown = Some(res);
+    }
+    let (wrong, unknown) = (wrong.unwrap(), unknown.unwrap());
     assert_eq!((wrong.status, unknown.status), (401, 401));
     for key in ["type", "title", "status", "detail"] {
         assert_eq!(wrong.body[key], unknown.body[key], "{key}");

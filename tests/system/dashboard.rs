@@ -155,6 +155,30 @@ async fn an_order_is_one_trace_across_the_fleet() {
             );
         }
     }
+    // Database, gRPC and outbound calls are client spans with the attributes of
+    // OpenTelemetry's conventions.
+    let span_of = |service: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| s["service"] == service && s["name"] == name)
+            .unwrap_or_else(|| panic!("no {service} span {name:?} in {spans:#?}"))
+    };
+    let insert = span_of("payments", "INSERT payments");
+    assert_eq!(insert["kind"], "client");
+    assert_eq!(insert["attributes"]["db.system.name"], "sqlite");
+    assert_eq!(insert["attributes"]["db.collection.name"], "payments");
+    let provider = span_of("payments", "provider authorize");
+    assert_eq!(provider["kind"], "client");
+    assert_eq!(provider["attributes"]["peer.service"], "simulated-provider");
+    let rpc = span_of("orders", "flotilla.payments.v1.Payments/Authorize");
+    assert_eq!(rpc["kind"], "client");
+    assert_eq!(rpc["attributes"]["rpc.system"], "grpc");
+    assert_eq!(
+        span_of("payments", "flotilla.payments.v1.Payments/Authorize")["parent_span_id"],
+        rpc["span_id"],
+        "the server span of a gRPC call is a child of its client span"
+    );
+
     // A consumer's span descends, through the saga's calls and the bus, from the root.
     let consumer = spans
         .iter()

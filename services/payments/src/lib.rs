@@ -114,14 +114,15 @@ pub async fn build(ctx: Context) -> Result<Service, StartError> {
         .provider_store
         .clone()
         .unwrap_or_else(|| in_data_dir("provider.db"));
-    let provider = Arc::new(
+    let provider = Arc::new(provider::Traced::new(
         provider::SimulatedProvider::open(
             &provider_url,
             &ctx.setting("provider_store"),
             cfg.provider_latency,
         )
         .await?,
-    );
+        "simulated-provider",
+    ));
     let payments =
         ledger::Payments::new(ledger.clone(), provider).with_stale_after(cfg.reconcile_stale_after);
     tokio::spawn(reconcile::Reconciler::new(payments.clone()).run(cfg.reconcile_interval));

@@ -10,6 +10,7 @@
 pub mod simulated;
 
 use kit::discovery::BoxFuture;
+use tracing::Instrument;
 
 use crate::domain::{Card, Money};
 
@@ -70,6 +71,81 @@ pub trait PaymentProvider: Send + Sync + 'static {
         key: &'a str,
         amount: &'a Money,
     ) -> BoxFuture<'a, Result<(), ProviderUnavailable>>;
+}
+
+/// A provider whose calls are client spans (`provider authorize`, …) in the caller's
+/// trace, with `peer.service` naming the provider and failures marked, so a slow or
+/// failing processor shows in the waterfall as what it is: an outbound call.
+pub struct Traced<P> {
+    inner: P,
+    peer: &'static str,
+}
+
+impl<P: PaymentProvider> Traced<P> {
+    /// Wraps `inner`, named `peer` in its spans.
+    pub fn new(inner: P, peer: &'static str) -> Self {
+        Self { inner, peer }
+    }
+
+    fn call<'a, T: Send + 'a>(
+        &self,
+        operation: &'static str,
+        call: BoxFuture<'a, Result<T, ProviderUnavailable>>,
+    ) -> BoxFuture<'a, Result<T, ProviderUnavailable>> {
+        let span = tracing::info_span!(
+            "payment.provider",
+            otel.name = %format_args!("provider {operation}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            peer.service = self.peer,
+            payment.provider.operation = operation,
+            error.type = tracing::field::Empty,
+        );
+        Box::pin(async move {
+            let result = call.instrument(span.clone()).await;
+            if result.is_err() {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", "provider_unavailable");
+            }
+            result
+        })
+    }
+}
+
+impl<P: PaymentProvider> PaymentProvider for Traced<P> {
+    fn authorize<'a>(
+        &'a self,
+        key: &'a str,
+        card: &'a Card,
+        amount: &'a Money,
+    ) -> BoxFuture<'a, Result<Authorization, ProviderUnavailable>> {
+        self.call("authorize", self.inner.authorize(key, card, amount))
+    }
+    fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, ProviderUnavailable>> {
+        self.call("lookup", self.inner.lookup(key))
+    }
+    fn capture<'a>(
+        &'a self,
+        reference: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderUnavailable>> {
+        self.call("capture", self.inner.capture(reference, key))
+    }
+    fn void<'a>(
+        &'a self,
+        reference: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderUnavailable>> {
+        self.call("void", self.inner.void(reference, key))
+    }
+    fn refund<'a>(
+        &'a self,
+        reference: &'a str,
+        key: &'a str,
+        amount: &'a Money,
+    ) -> BoxFuture<'a, Result<(), ProviderUnavailable>> {
+        self.call("refund", self.inner.refund(reference, key, amount))
+    }
 }
 
 /// API.md's test cards.

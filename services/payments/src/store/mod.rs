@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use kit::discovery::BoxFuture;
 use kit::store::StoreError;
+use kit::telemetry::db::Db;
 
 use crate::domain::{Payment, Status};
 
@@ -140,17 +141,97 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<PaymentLine>, LedgerError>>;
 }
 
-/// Opens the ledger a URL names.
+/// Opens the ledger a URL names. The calls a request makes (claim, outcome, reads,
+/// changes) are database client spans (see `kit::telemetry::db`); the sweeper's poll
+/// for stale claims, the admin listing and the readiness probe are not, so an idle
+/// service sends no trace.
 pub async fn open(url: &str, setting: &str) -> Result<Arc<dyn Ledger>, StoreError> {
+    let db = Db::from_url(url);
     match kit::store::scheme(url) {
-        "sqlite" => Ok(Arc::new(sql::SqliteLedger::open(url, setting).await?)),
-        "mysql" | "mariadb" => Ok(Arc::new(
-            sql::MySqlLedger::open(&url.replacen("mariadb://", "mysql://", 1), setting).await?,
-        )),
+        "sqlite" => Ok(Arc::new(Traced {
+            inner: sql::SqliteLedger::open(url, setting).await?,
+            db,
+        })),
+        "mysql" | "mariadb" => Ok(Arc::new(Traced {
+            inner: sql::MySqlLedger::open(&url.replacen("mariadb://", "mysql://", 1), setting)
+                .await?,
+            db,
+        })),
         _ => Err(StoreError::UnknownScheme {
             setting: setting.to_owned(),
             url: kit::store::redact(url),
             expected: "sqlite://, mysql://",
         }),
+    }
+}
+
+/// A ledger whose request-path calls are database client spans.
+struct Traced<L> {
+    inner: L,
+    db: Db,
+}
+
+impl<L: Ledger> Ledger for Traced<L> {
+    fn begin(&self, pending: Payment, key: String) -> BoxFuture<'_, Result<Begin, LedgerError>> {
+        Box::pin(
+            self.db
+                .run("INSERT", "payments", self.inner.begin(pending, key)),
+        )
+    }
+    fn complete(
+        &self,
+        id: String,
+        status: Status,
+        provider_ref: Option<String>,
+        decline_reason: Option<String>,
+    ) -> BoxFuture<'_, Result<Completed, LedgerError>> {
+        Box::pin(
+            self.db.run(
+                "UPDATE",
+                "payments",
+                self.inner
+                    .complete(id, status, provider_ref, decline_reason),
+            ),
+        )
+    }
+    fn abandon(&self, id: String) -> BoxFuture<'_, Result<bool, LedgerError>> {
+        Box::pin(self.db.run("DELETE", "payments", self.inner.abandon(id)))
+    }
+    fn stale_pending(
+        &self,
+        before: String,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Payment>, LedgerError>> {
+        self.inner.stale_pending(before, limit)
+    }
+    fn get(&self, id: String) -> BoxFuture<'_, Result<Option<Payment>, LedgerError>> {
+        Box::pin(self.db.run("SELECT", "payments", self.inner.get(id)))
+    }
+    fn seen(&self, payment_id: String, key: String) -> BoxFuture<'_, Result<bool, LedgerError>> {
+        Box::pin(
+            self.db
+                .run("SELECT", "operations", self.inner.seen(payment_id, key)),
+        )
+    }
+    fn apply(&self, change: Change) -> BoxFuture<'_, Result<Applied, LedgerError>> {
+        Box::pin(self.db.run("UPDATE", "payments", self.inner.apply(change)))
+    }
+    fn outbox(
+        &self,
+    ) -> (
+        Arc<dyn kit_events::outbox::OutboxStore>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        self.inner.outbox()
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        self.inner.ping()
+    }
+    fn lines(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<PaymentLine>, LedgerError>> {
+        self.inner.lines(after, limit)
     }
 }

@@ -123,7 +123,7 @@ async fn complete_trace(sys: &System, trace_id: &str) -> Value {
 
 #[tokio::test]
 async fn an_order_is_one_trace_across_the_fleet() {
-    let sys = System::start().await;
+    let sys = System::start_traced().await;
     let trace_id = place_order(&sys).await;
     let trace = complete_trace(&sys, &trace_id).await;
 
@@ -249,7 +249,7 @@ async fn the_browser_shows_the_fleet_healthy_and_the_orders_waterfall() {
         return;
     };
     let out = output_dir();
-    let sys = System::start().await;
+    let sys = System::start_traced().await;
     let trace_id = place_order(&sys).await;
     complete_trace(&sys, &trace_id).await;
 

@@ -89,8 +89,21 @@ impl System {
         Self::start_with(&[]).await
     }
 
+    /// Like [`System::start`], with the services exporting their spans and logs to the
+    /// fleet's dashboard, as `flotilla up` does by default. The other tests run without
+    /// export: a few dozen fleets start at once on two cores, and the tests that are
+    /// not about telemetry should not pay for it (`.ci/chaos` runs the full fleet with
+    /// export on, under load and kills).
+    pub async fn start_traced() -> Self {
+        Self::start_inner(&[], true).await
+    }
+
     /// Like [`System::start`], with extra environment for every service.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_inner(env, false).await
+    }
+
+    async fn start_inner(env: &[(&str, &str)], traced: bool) -> Self {
         kit::security::mtls::install_crypto_provider();
         // With the insecure switch the internal listeners speak plain HTTP and `up`
         // issues no certificates.
@@ -117,6 +130,8 @@ impl System {
             .env("FLOTILLA_DASHBOARD__LISTEN", format!("127.0.0.1:{dash}"))
             .env("FLOTILLA_LEASE_TTL", "1s")
             .env_remove("FLOTILLA_DISCOVERY")
+            .env_remove("FLOTILLA_OTLP_ENDPOINT")
+            .envs((!traced).then_some(("FLOTILLA_OTLP_ENDPOINT", "")))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -446,9 +446,11 @@ async fn describes_its_api_in_openapi_on_the_admin_listener() {
 
 #[tokio::test]
 async fn the_admin_api_shows_stock_and_reservations_held_past_their_ttl() {
-    // Reservations expire at once, and the sweeper would only notice in an hour.
+    // Reservations expire after half a second, and the sweeper, which sweeps once as
+    // the service starts, would only notice again in an hour. (A TTL of nothing would
+    // race that first sweep on a busy machine: it may run just after the reservation.)
     let app = spawn_inventory_with(
-        json!({"seed": true, "reservation_ttl": "1ms", "sweep_interval": "1h"}),
+        json!({"seed": true, "reservation_ttl": "500ms", "sweep_interval": "1h"}),
     )
     .await;
     let mut client = app.inventory().await;
@@ -460,7 +462,7 @@ async fn the_admin_api_shows_stock_and_reservations_held_past_their_ttl() {
         }],
     };
     client.reserve(reserve("held", 2)).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
 
     let admin = |path: &str| {
         let url = format!("{}{path}", app.admin);

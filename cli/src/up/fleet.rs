@@ -751,18 +751,7 @@ impl Counts {
         Self {
             total: self.total - before.total,
             errors: (self.errors - before.errors).max(0.0),
-            buckets: self
-                .buckets
-                .iter()
-                .map(|(le, n)| {
-                    let was = before
-                        .buckets
-                        .iter()
-                        .find(|(l, _)| l == le)
-                        .map_or(0.0, |(_, n)| *n);
-                    (*le, (n - was).max(0.0))
-                })
-                .collect(),
+            buckets: dashboard::scrape::bucket_delta(&self.buckets, &before.buckets),
         }
     }
 

@@ -213,24 +213,27 @@ pub struct Rates {
     pub p99_ms: Option<f64>,
 }
 
+/// Cumulative histogram buckets `(le, count)` of `now` minus those of `before`, per
+/// bound, never below zero (a bound `before` lacks counts from zero).
+pub fn bucket_delta(now: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    now.iter()
+        .map(|(le, n)| {
+            let was = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, n)| *n);
+            (*le, (n - was).max(0.0))
+        })
+        .collect()
+}
+
 /// Compares `now` with `before`.
 pub fn rates(before: &Sample, now: &Sample, elapsed: Duration) -> Rates {
     let secs = elapsed.as_secs_f64();
     if secs <= 0.0 || now.requests < before.requests {
         return Rates::default();
     }
-    let delta: Vec<(f64, f64)> = now
-        .buckets
-        .iter()
-        .map(|(le, n)| {
-            let was = before
-                .buckets
-                .iter()
-                .find(|(l, _)| l == le)
-                .map_or(0.0, |(_, n)| *n);
-            (*le, (n - was).max(0.0))
-        })
-        .collect();
+    let delta = bucket_delta(&now.buckets, &before.buckets);
     Rates {
         request_rate: Some((now.requests - before.requests) / secs),
         error_rate: Some((now.errors - before.errors).max(0.0) / secs),

@@ -106,7 +106,13 @@ impl Clients {
     async fn pick(&self, service: &'static str) -> Result<Picked, Unavailable> {
         let endpoints = self.discovery.endpoints(service);
         if endpoints.current().is_empty() {
+            // None known yet, or none right now (an instance died and its replacement
+            // is starting): wait a little for one rather than failing the call at once.
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
             endpoints.wait_resolved(Duration::from_secs(2)).await;
+            while endpoints.current().is_empty() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         let policy = self.policy(service);
         // Within the version the service's traffic rules choose, skipping instances
